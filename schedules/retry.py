@@ -1,0 +1,38 @@
+"""When to retry a dead letter: a pure decision (values in, a frozen dataclass out)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+__all__ = ["RetryDecision", "next_retry", "retry_delay"]
+
+
+@dataclass(frozen=True, slots=True)
+class RetryDecision:
+    """`replay` now (and, if it fails again, not before `next_at`), `wait`, or `exhaust`."""
+
+    action: str
+    next_at: dt.datetime | None = None
+
+
+def retry_delay(replay_count: int, base_s: float) -> dt.timedelta:
+    """The delay after the `replay_count`-th replay: base, 2*base, 4*base, ..."""
+    return dt.timedelta(seconds=base_s * 2 ** max(0, replay_count))
+
+
+def next_retry(first_failed_at: dt.datetime, next_retry_at: dt.datetime | None,
+               replay_count: int, now: dt.datetime, base_s: float,
+               horizon_s: float) -> RetryDecision:
+    """Decide for one pending, retryable dead letter at `now`.
+
+    Past the horizon (24 h after the first failure by default) the row is exhausted.
+    Otherwise it is replayed once `next_retry_at` has come, and the next attempt is
+    scheduled after a doubled delay (15 min, 30 min, 1 h, ... by default).
+    """
+    if now - first_failed_at >= dt.timedelta(seconds=horizon_s):
+        return RetryDecision("exhaust")
+    due = next_retry_at or first_failed_at + retry_delay(0, base_s)
+    if now < due:
+        return RetryDecision("wait", due)
+    return RetryDecision("replay", now + retry_delay(replay_count + 1, base_s))

@@ -1,0 +1,100 @@
+"""Every error Sluice raises on purpose derives from `SluiceError`.
+
+As in procrastinate, the class docstring is the default message, so `raise BrokerUnavailable()`
+still says something useful.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "SluiceError",
+    "ConfigError",
+    "UnknownTask",
+    "InvalidPayload",
+    "Rejected",
+    "BrokerUnavailable",
+    "DatabaseUnavailable",
+    "PendingMigrations",
+    "NotFound",
+    "ReplayRefused",
+    "PermanentError",
+]
+
+
+class SluiceError(Exception):
+    """A Sluice error."""
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or (self.__doc__ or "").strip())
+
+
+class ConfigError(SluiceError):
+    """The configuration is inconsistent."""
+
+
+class UnknownTask(SluiceError):
+    """No task is registered under that name."""
+
+    def __init__(self, name: str, known: list[str] | None = None) -> None:
+        hint = f" (known tasks: {', '.join(sorted(known))})" if known else ""
+        super().__init__(f"unknown task {name!r}{hint}")
+        self.task_name = name
+
+
+class InvalidPayload(SluiceError):
+    """The payload does not match the task's payload model; nothing was enqueued."""
+
+    def __init__(self, task_name: str, errors: list[dict[str, Any]]) -> None:
+        self.task_name = task_name
+        self.errors = errors
+        fields = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
+        super().__init__(f"invalid payload for {task_name!r}: {fields}")
+
+    @property
+    def fields(self) -> list[str]:
+        """The names of the bad fields, in the order pydantic reported them."""
+        return [e["field"] for e in self.errors]
+
+
+class Rejected(SluiceError):
+    """The gate refused the submission; retry after `retry_after_s` seconds."""
+
+    def __init__(self, reason: str, level: Any, priority: Any, retry_after_s: float,
+                 task_name: str = "") -> None:
+        self.reason = reason
+        self.level = level
+        self.priority = priority
+        self.retry_after_s = retry_after_s
+        self.task_name = task_name
+        level_name = getattr(level, "name", level)
+        prio_name = getattr(priority, "name", priority)
+        super().__init__(
+            f"{task_name or 'job'} rejected: {reason} (level {level_name}, priority {prio_name}, "
+            f"retry after {retry_after_s:g}s)"
+        )
+
+
+class BrokerUnavailable(SluiceError):
+    """Redis cannot be reached."""
+
+
+class DatabaseUnavailable(SluiceError):
+    """The database cannot be reached."""
+
+
+class PendingMigrations(SluiceError):
+    """The database schema is behind the code: run `sluice db upgrade`."""
+
+
+class NotFound(SluiceError):
+    """No such record."""
+
+
+class ReplayRefused(SluiceError):
+    """This dead letter cannot be replayed in its current status."""
+
+
+class PermanentError(SluiceError):
+    """A failure that retrying cannot fix: the job goes straight to the dead-letter store."""

@@ -1,0 +1,52 @@
+"""Every Redis key and channel name Sluice uses, in one place (as arq's constants.py)."""
+
+from __future__ import annotations
+
+PREFIX = "sluice:"
+
+#: pub/sub channel of `pressure_change` events.
+PRESSURE_CHANNEL = PREFIX + "pressure"
+#: hash: the latest pressure snapshot written by a monitor (for `sluice pressure`, metrics).
+PRESSURE_STATE = PREFIX + "pressure:state"
+#: hash field -> reason: switched-off priorities (`priority:LOW`) and tasks (`task:email.send`).
+KILL_SWITCHES = PREFIX + "killswitch"
+#: list: dead letters spooled while the database is unavailable.
+DLQ_SPOOL = PREFIX + "dlq:spool"
+#: hash of counters: submissions by `PRIORITY:outcome`, shared by every producer.
+SUBMISSIONS = PREFIX + "stats:submissions"
+#: hash of counters: retries by task name.
+RETRIES = PREFIX + "stats:retries"
+#: hash of counters: expired (dropped stale) jobs by task name.
+EXPIRED = PREFIX + "stats:expired"
+#: hash: per schedule job, a JSON record of its runs.
+SCHEDULE_RUNS = PREFIX + "schedule:runs"
+#: prefix of redbeat's own keys.
+REDBEAT_PREFIX = PREFIX + "redbeat:"
+
+
+def idempotency(key: str) -> str:
+    """Holds the task id first submitted with idempotency key `key` (24 h)."""
+    return f"{PREFIX}idem:{key}"
+
+
+def done(key: str) -> str:
+    """Set once a job submitted with idempotency key `key` has applied its effect."""
+    return f"{PREFIX}done:{key}"
+
+
+def worker_state(hostname: str) -> str:
+    """A worker's readiness state (`ready`, `shutting down`), with a TTL as a heartbeat."""
+    return f"{PREFIX}worker:{hostname}"
+
+
+def waits(priority: str) -> str:
+    """List of `started_at:wait_s` samples for `priority` (only with SLUICE_RECORD_WAITS)."""
+    return f"{PREFIX}stats:waits:{priority}"
+
+#: kombu's own keys for messages delivered but not yet acked (hash) and their delivery time.
+KOMBU_UNACKED = "unacked"
+KOMBU_UNACKED_INDEX = "unacked_index"
+#: lock held while the dead-letter spool is drained (two drains must not trim each other).
+DRAIN_LOCK = PREFIX + "lock:drain"
+#: hash: the last stuck-job report of the reconcile job.
+STUCK = PREFIX + "stuck"

@@ -1,0 +1,48 @@
+"""The dead-letter record: the value a failed job becomes, before any store sees it.
+
+It lives in the kernel because three layers produce it (the worker's task base, the worker's
+consumer for malformed messages, the broker transport) and one stores it (`dlq`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["DeadLetterRecord", "MALFORMED_TASK"]
+
+#: task name given to messages that could not even be decoded into a task.
+MALFORMED_TASK = "<malformed>"
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetterRecord:
+    """One failed job, as it will be stored. Times are epoch seconds (UTC)."""
+
+    task_id: str
+    task_name: str
+    queue: str
+    priority: str
+    payload: Any
+    exc_type: str
+    exc_message: str
+    traceback: str = ""
+    attempts: int = 1
+    first_failed_at: float = field(default_factory=time.time)
+    last_failed_at: float = field(default_factory=time.time)
+    reason: str = "EXHAUSTED"
+    retryable: bool = True
+
+    def to_json(self) -> str:
+        """Serialize for the spool (JSON: never pickle)."""
+        return json.dumps(dataclasses.asdict(self), default=str, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> DeadLetterRecord:
+        """Parse a spooled record; unknown keys are ignored so old spools stay readable."""
+        data = json.loads(text)
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})

@@ -1,0 +1,170 @@
+"""The one settings class. Every knob is an environment variable with the `SLUICE_` prefix.
+
+An inconsistent configuration fails at load time with a `ConfigError` that names the
+environment variable to fix, rather than surfacing later as a duplicated or lost job.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from sluice.errors import ConfigError
+from sluice.priorities import Priority
+
+__all__ = ["Settings", "get_settings", "load_settings", "env_name"]
+
+ENV_PREFIX = "SLUICE_"
+
+
+def env_name(field: str) -> str:
+    """The environment variable that sets `field`."""
+    return ENV_PREFIX + field.upper()
+
+
+class Settings(BaseSettings):
+    """Sluice configuration; read from `SLUICE_*` environment variables."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+
+    # Connections (secrets: never logged; `safe_dict()` masks them).
+    redis_url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
+    database_url: SecretStr = SecretStr("sqlite:///sluice.db")
+    redis_socket_timeout: float = Field(2.0, gt=0)
+
+    # Pressure gate (DESIGN.md, Pressure levels).
+    pressure_warning: int = Field(500, gt=0)
+    pressure_critical: int = Field(1000, gt=0)
+    pressure_shed: int = Field(5000, gt=0)
+    pressure_margin: float = Field(0.10, ge=0, lt=1)
+    pressure_dwell: float = Field(2.0, ge=0)
+    pressure_interval: float = Field(0.5, gt=0)
+
+    # Broker and tasks. Backoff cap + time limit must stay below the visibility timeout,
+    # or Redis hands a job that is still waiting for its retry to a second worker.
+    visibility_timeout: int = Field(3600, gt=0)
+    unacked_restore_interval: float = Field(10.0, gt=0)
+    unacked_restore_throttle: float = Field(10.0, gt=0)
+    retry_backoff_max: int = Field(600, gt=0)
+    task_time_limit: int = Field(300, gt=0)
+    task_soft_time_limit: int = Field(270, gt=0)
+    worker_eta_task_limit: int = Field(1000, gt=0)
+    drain_seconds: float = Field(25.0, ge=0)
+    idempotency_ttl: int = Field(86400, gt=0)
+    expires_high: float | None = Field(3600.0, gt=0)
+    expires_normal: float | None = Field(3600.0, gt=0)
+    expires_low: float | None = Field(900.0, gt=0)
+    retry_backoff_base: int | None = Field(None, ge=0)  # overrides every task's base; 0 = none
+    retry_jitter: bool = True
+
+    # Dead letters and schedules.
+    spool_path: Path = Path("sluice-spool.jsonl")
+    data_dir: Path = Path("sluice-data")
+    breaker_fail_max: int = Field(5, gt=0)
+    breaker_reset_timeout: float = Field(30.0, gt=0)
+    breaker_slow_seconds: float = Field(3.0, gt=0)
+    breaker_window: int = Field(20, gt=0)
+    reconcile_interval: float = Field(60.0, gt=0)
+    dlq_retry_interval: float = Field(900.0, gt=0)
+    dlq_purge_interval: float = Field(86400.0, gt=0)
+    dlq_retry_base: float = Field(900.0, gt=0)
+    dlq_retry_horizon: float = Field(86400.0, gt=0)
+    dlq_retention_days: float = Field(7.0, gt=0)
+    beat_lock_timeout: int | None = Field(None, gt=0)
+
+    # Observability.
+    record_waits: bool = False  # keep submit->start waits in Redis (demo, benchmarks)
+    metrics_port: int = Field(9808, gt=0, lt=65536)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        self._check_thresholds()
+        self._check_visibility()
+        self._check_tls()
+        return self
+
+    def _check_thresholds(self) -> None:
+        if not self.pressure_warning < self.pressure_critical:
+            raise ValueError(
+                f"SLUICE_PRESSURE_WARNING ({self.pressure_warning}) must be below "
+                f"SLUICE_PRESSURE_CRITICAL ({self.pressure_critical})")
+        if not self.pressure_critical < self.pressure_shed:
+            raise ValueError(
+                f"SLUICE_PRESSURE_CRITICAL ({self.pressure_critical}) must be below "
+                f"SLUICE_PRESSURE_SHED ({self.pressure_shed})")
+
+    def _check_visibility(self) -> None:
+        if self.task_soft_time_limit >= self.task_time_limit:
+            raise ValueError(
+                f"SLUICE_TASK_SOFT_TIME_LIMIT ({self.task_soft_time_limit}) must be below "
+                f"SLUICE_TASK_TIME_LIMIT ({self.task_time_limit})")
+        total = self.retry_backoff_max + self.task_time_limit
+        if total >= self.visibility_timeout:
+            raise ValueError(
+                f"SLUICE_RETRY_BACKOFF_MAX ({self.retry_backoff_max}) + SLUICE_TASK_TIME_LIMIT "
+                f"({self.task_time_limit}) = {total}s must be below SLUICE_VISIBILITY_TIMEOUT "
+                f"({self.visibility_timeout}s), or Redis redelivers jobs still waiting to retry")
+
+    def _check_tls(self) -> None:
+        url = urlsplit(self.redis_url.get_secret_value())
+        if url.scheme not in ("redis", "rediss", "unix"):
+            raise ValueError(f"SLUICE_REDIS_URL must start with redis://, rediss:// or unix:// "
+                             f"(got {url.scheme or 'no'} scheme)")
+        reqs = parse_qs(url.query).get("ssl_cert_reqs", ["required"])[0].lower()
+        if url.scheme == "rediss" and reqs not in ("required", "cert_required"):
+            raise ValueError("SLUICE_REDIS_URL uses rediss:// with ssl_cert_reqs="
+                             f"{reqs}: certificate checks must stay on (ssl_cert_reqs=required)")
+
+    @property
+    def thresholds(self) -> tuple[int, int, int]:
+        """(warning, critical, shed) depth thresholds."""
+        return (self.pressure_warning, self.pressure_critical, self.pressure_shed)
+
+    def expires_for(self, priority: Priority) -> float | None:
+        """Default deadline for a job of `priority`; CRITICAL jobs never expire."""
+        return {Priority.CRITICAL: None, Priority.HIGH: self.expires_high,
+                Priority.NORMAL: self.expires_normal, Priority.LOW: self.expires_low}[priority]
+
+    def safe_dict(self) -> dict[str, object]:
+        """The settings with secrets masked, for `sluice doctor` and logs."""
+        out = self.model_dump(mode="json")
+        out["redis_url"] = mask_url(self.redis_url.get_secret_value())
+        out["database_url"] = mask_url(self.database_url.get_secret_value())
+        return out
+
+
+def mask_url(url: str) -> str:
+    """`redis://:secret@host` -> `redis://:***@host`: a URL safe to print."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return parts._replace(netloc=netloc).geturl()
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the environment (plus `overrides`); raise ConfigError naming the bad setting."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None
+
+
+def _describe(exc: ValidationError) -> str:
+    problems = []
+    for err in exc.errors():
+        loc = [str(p) for p in err["loc"] if p != "__root__"]
+        where = env_name(loc[0]) + ": " if loc else ""
+        msg = err["msg"].removeprefix("Value error, ")
+        problems.append(f"{where}{msg}")
+    return "invalid configuration: " + "; ".join(problems)
+
+
+@functools.cache
+def get_settings() -> Settings:
+    """The process-wide settings, read once. Tests call `get_settings.cache_clear()`."""
+    return load_settings()

@@ -1,0 +1,116 @@
+"""The task base class every Sluice task uses, and the `sluice_task` decorator.
+
+Retries are Celery's own (`autoretry_for`, `retry_backoff`, `retry_jitter`); this class only
+adds what Celery lacks: payload validation, at-most-once effects for keyed jobs, and the
+hand-off of the final failure to the dead-letter store.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from celery import Task
+from pydantic import BaseModel
+
+from dlq.recorder import get_recorder
+from producers.api import mask_secrets
+from sluice import keys
+from sluice.app import app
+from sluice.connections import redis_client
+from sluice.errors import PermanentError
+from sluice.priorities import Priority
+from sluice.records import DeadLetterRecord
+from sluice.settings import get_settings
+from workers.policy import failure_reason, policy_for
+
+__all__ = ["SluiceTask", "sluice_task"]
+
+log = logging.getLogger("sluice.worker")
+F = TypeVar("F", bound=Callable[..., Any])
+
+class SluiceTask(Task):
+    """Validates the payload, skips completed keyed jobs, dead-letters the final failure."""
+
+    abstract = True
+    sluice_priority: Priority = Priority.NORMAL
+    payload_model: type[BaseModel] | None = None
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raw = args[0] if args else kwargs
+        assert self.payload_model is not None
+        payload = self.payload_model.model_validate(raw)  # ValidationError: permanent
+        key = getattr(self.request, "sluice_key", None)
+        if key and redis_client().exists(keys.done(key)):
+            log.info("%s %s skipped: idempotency key %r already completed",
+                     self.name, self.request.id, key)
+            return None
+        result = self.run(payload)
+        if key:  # recorded before the ack (acks_late): a redelivery is skipped
+            redis_client().set(keys.done(key), self.request.id or "",
+                               ex=get_settings().idempotency_ttl)
+        return result
+
+    def effect_once(self, fn: Callable[[], Any]) -> bool:
+        """Run the side effect `fn` at most once per job, even across redeliveries.
+
+        The claim is keyed by the idempotency key (or the task id) and taken just before the
+        effect, so a worker killed after the effect does not repeat it. Returns whether `fn`
+        ran now.
+        """
+        key = getattr(self.request, "sluice_key", None) or self.request.id
+        claim = keys.done(f"effect:{self.name}:{key}")
+        if not redis_client().set(claim, "1", nx=True, ex=get_settings().idempotency_ttl):
+            log.info("%s %s: effect already applied, skipped", self.name, self.request.id)
+            return False
+        fn()
+        return True
+
+    def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any,
+                   einfo: Any) -> None:
+        """The job failed for good: hand it to the dead-letter store (or its spool)."""
+        reason, retryable = failure_reason(exc)
+        request = self.request
+        raw = args[0] if args else kwargs
+        now = time.time()
+        priority = Priority.parse(getattr(request, "sluice_priority", None)
+                                  or self.sluice_priority)
+        record = DeadLetterRecord(
+            task_id=getattr(request, "sluice_origin", None) or task_id, task_name=self.name,
+            queue=priority.queue, priority=priority.name,
+            payload=mask_secrets(self.payload_model, raw) if self.payload_model else raw,
+            exc_type=type(exc).__name__, exc_message=str(exc)[:10_000],
+            traceback=str(einfo.traceback if einfo else "")[:50_000],
+            attempts=(request.retries or 0) + 1, first_failed_at=now, last_failed_at=now,
+            reason=reason, retryable=retryable)
+        where = get_recorder().record(record)
+        log.error("%s %s dead-lettered (%s, %s, %d attempt(s)) -> %s", self.name, task_id,
+                  reason, type(exc).__name__, record.attempts, where)
+
+
+def sluice_task(name: str, priority: Priority, payload: type[BaseModel], *,
+                max_retries: int | None = None, backoff_s: int | None = None,
+                time_limit: int | None = None,
+                soft_time_limit: int | None = None) -> Callable[[F], Any]:
+    """Register `fn(payload)` as Sluice task `name` with its default priority and payload
+    model. Transient errors retry with exponential backoff and full jitter; `PermanentError`
+    and invalid payloads do not retry."""
+    settings = get_settings()
+    policy = policy_for(priority, settings.retry_backoff_max, max_retries,
+                        backoff_s if backoff_s is not None else settings.retry_backoff_base,
+                        jitter=settings.retry_jitter)
+
+    def register(fn: F) -> Any:
+        return app.task(
+            name=name, base=SluiceTask, sluice_priority=priority, payload_model=payload,
+            autoretry_for=(Exception,),
+            dont_autoretry_for=(PermanentError,), max_retries=policy.max_retries,
+            retry_backoff=policy.base_s or False, retry_backoff_max=policy.cap_s,
+            retry_jitter=policy.jitter, retry_kwargs={} if policy.base_s else {"countdown": 0},
+            time_limit=time_limit or settings.task_time_limit,
+            soft_time_limit=soft_time_limit or settings.task_soft_time_limit,
+            acks_late=True, reject_on_worker_lost=True)(fn)
+
+    return register

@@ -1,0 +1,60 @@
+"""The one adapter between Celery signals and our hook list (`workers.hooks`).
+
+Nothing else in Sluice calls `signal.connect`.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from celery import signals
+
+from workers.hooks import TaskDetail, WorkerDetail, emit
+
+__all__: list[str] = []
+
+
+def _task_detail(event: str, task: Any, task_id: str | None) -> TaskDetail:
+    request = getattr(task, "request", None)
+    return TaskDetail(event, task_id or getattr(request, "id", "") or "",
+                      getattr(task, "name", "?"),
+                      getattr(request, "sluice_priority", None),
+                      getattr(request, "sluice_submitted_at", None), time.time())
+
+
+@signals.task_prerun.connect
+def _on_prerun(sender: Any = None, task_id: str | None = None, task: Any = None,
+               **_: Any) -> None:
+    emit("started", _task_detail("started", task, task_id))
+
+
+@signals.task_retry.connect
+def _on_retry(sender: Any = None, request: Any = None, **_: Any) -> None:
+    emit("retried", TaskDetail("retried", getattr(request, "id", ""),
+                               getattr(sender, "name", "?"), at=time.time()))
+
+
+@signals.task_revoked.connect
+def _on_revoked(sender: Any = None, request: Any = None, expired: bool = False,
+                **_: Any) -> None:
+    if expired:
+        emit("expired", TaskDetail("expired", getattr(request, "id", ""),
+                                   getattr(sender, "name", None) or
+                                   getattr(request, "name", "?"), at=time.time()))
+
+
+@signals.worker_ready.connect
+def _on_ready(sender: Any = None, **_: Any) -> None:
+    emit("ready", WorkerDetail("ready", getattr(sender, "hostname", str(sender)), time.time()))
+
+
+@signals.worker_shutting_down.connect
+def _on_shutting_down(sender: Any = None, **_: Any) -> None:
+    emit("shutting_down", WorkerDetail("shutting_down", str(sender), time.time()))
+
+
+@signals.worker_shutdown.connect
+def _on_shutdown(sender: Any = None, **_: Any) -> None:
+    emit("stopped", WorkerDetail("stopped", getattr(sender, "hostname", str(sender)),
+                                 time.time()))

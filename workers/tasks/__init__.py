@@ -1,0 +1,1 @@
+"""The example tasks, one module per domain. `sluice.app.TASK_MODULES` lists them."""
