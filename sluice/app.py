@@ -6,6 +6,9 @@ and the beat schedule is looked up by name, the way Celery itself finds them.
 
 from __future__ import annotations
 
+from functools import cached_property
+from typing import Any
+
 from celery import Celery
 from kombu import Exchange, Queue
 from kombu.utils.imports import symbol_by_name
@@ -96,10 +99,18 @@ def celery_config(settings: Settings) -> dict[str, object]:
     }
 
 
+class SluiceCelery(Celery):
+    """Celery, with the worker class that announces the drain (`workers.lifecycle`)."""
+
+    @cached_property
+    def Worker(self) -> Any:  # noqa: N802  (Celery's name)
+        return self.subclass_with_self("workers.lifecycle:SluiceWorker")
+
+
 def create_app(settings: Settings | None = None) -> Celery:
     """Build the Sluice Celery app from `settings` (default: the environment)."""
     settings = settings or get_settings()
-    app = Celery("sluice", include=list(TASK_MODULES), set_as_current=True)
+    app = SluiceCelery("sluice", include=list(TASK_MODULES), set_as_current=True)
     config = celery_config(settings)
     if config["redbeat_lock_timeout"] is None:
         del config["redbeat_lock_timeout"]
