@@ -36,8 +36,8 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 
 
 @pytest.fixture(scope="session")
-def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
-    server = PostgresServer(tmp_path_factory.mktemp("pg")).start()
+def postgres() -> Iterator[PostgresServer]:
+    server = PostgresServer().start()
     server.execute("CREATE DATABASE sluice_template")
     from sqlalchemy import create_engine
 
@@ -47,7 +47,7 @@ def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServe
     upgrade(eng)
     eng.dispose()
     yield server
-    server.stop()
+    server.remove()
 
 
 def fresh_pg_database(server: PostgresServer) -> str:

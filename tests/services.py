@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import os
 import pwd
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -59,10 +61,12 @@ class RedisServer(EmbeddedRedis):
 class PostgresServer:
     """A PostgreSQL 15 cluster in a temp dir, run as the `postgres` user (it refuses root)."""
 
-    def __init__(self, directory: Path) -> None:
-        self.dir = directory
+    def __init__(self) -> None:
+        # its own folder under /tmp: pytest's are private to root, and PostgreSQL runs as
+        # the postgres user, which must be able to reach the data directory
+        self.dir = Path(tempfile.mkdtemp(prefix="sluice-pg-"))
         self.port = free_port()
-        self.data = directory / "data"
+        self.data = self.dir / "data"
         self.user = "postgres" if os.geteuid() == 0 else None
 
     def _run(self, *args: str) -> None:
@@ -95,6 +99,10 @@ class PostgresServer:
                           "stop")
             except subprocess.CalledProcessError:
                 pass
+
+    def remove(self) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
 
     def execute(self, sql: str) -> None:
         import psycopg2

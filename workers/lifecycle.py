@@ -10,16 +10,22 @@ after that window, so the readiness probe is flipped here, before it.
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from celery.apps.worker import Worker
 
+from dlq.migrate import check_schema
 from workers.hooks import WorkerDetail, emit
 
 __all__ = ["SluiceWorker"]
 
 
 class SluiceWorker(Worker):
-    """Announces `shutting down` as the drain starts."""
+    """Refuses to start on a stale schema; announces `shutting down` as the drain starts."""
+
+    def on_before_init(self, **kwargs: Any) -> None:
+        check_schema()  # PendingMigrations: "run `sluice db upgrade`"
+        super().on_before_init(**kwargs)
 
     def wait_for_soft_shutdown(self) -> None:
         emit("shutting_down", WorkerDetail("shutting_down", self.hostname, time.time()))
