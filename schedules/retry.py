@@ -30,9 +30,11 @@ def next_retry(first_failed_at: dt.datetime, next_retry_at: dt.datetime | None,
     Otherwise it is replayed once `next_retry_at` has come, and the next attempt is
     scheduled after a doubled delay (15 min, 30 min, 1 h, ... by default).
     """
-    if now - first_failed_at >= dt.timedelta(seconds=horizon_s):
+    horizon = first_failed_at + dt.timedelta(seconds=horizon_s)
+    if now >= horizon:
         return RetryDecision("exhaust")
     due = next_retry_at or first_failed_at + retry_delay(0, base_s)
     if now < due:
         return RetryDecision("wait", due)
-    return RetryDecision("replay", now + retry_delay(replay_count + 1, base_s))
+    # never schedule past the horizon: the row is looked at again then, and exhausted
+    return RetryDecision("replay", min(now + retry_delay(replay_count + 1, base_s), horizon))
