@@ -12,6 +12,7 @@ __all__ = [
     "SluiceError",
     "ConfigError",
     "UnknownTask",
+    "UnknownPriority",
     "InvalidPayload",
     "Rejected",
     "BrokerUnavailable",
@@ -41,6 +42,10 @@ class UnknownTask(SluiceError):
         hint = f" (known tasks: {', '.join(sorted(known))})" if known else ""
         super().__init__(f"unknown task {name!r}{hint}")
         self.task_name = name
+
+
+class UnknownPriority(SluiceError, ValueError):
+    """Not a priority: use CRITICAL, HIGH, NORMAL or LOW."""
 
 
 class InvalidPayload(SluiceError):

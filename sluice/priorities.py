@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import enum
 
+from sluice.errors import UnknownPriority
+
 __all__ = ["Priority", "PressureLevel", "QUEUES"]
 
 
@@ -22,16 +24,15 @@ class Priority(enum.IntEnum):
 
     @classmethod
     def parse(cls, value: str | int | Priority) -> Priority:
-        """Accept `Priority.HIGH`, `"high"`, `"HIGH"` or `1`; raise ValueError naming the value."""
+        """Accept `Priority.HIGH`, `"high"`, `"HIGH"` or `0`-`3`; UnknownPriority otherwise."""
         if isinstance(value, Priority):
             return value
-        if isinstance(value, int):
-            return cls(value)
         try:
-            return cls[str(value).strip().upper()]
-        except KeyError:
+            return cls(value) if isinstance(value, int) else cls[str(value).strip().upper()]
+        except (KeyError, ValueError):
             names = ", ".join(p.name for p in cls)
-            raise ValueError(f"unknown priority {value!r} (expected one of {names})") from None
+            raise UnknownPriority(f"unknown priority {value!r} (expected one of {names})") \
+                from None
 
 
 class PressureLevel(enum.IntEnum):

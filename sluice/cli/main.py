@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -13,7 +14,7 @@ import typer
 
 from sluice.cli.output import FAILURE, REJECTED, USAGE, console, emit, err, fail
 from sluice.errors import (ConfigError, InvalidPayload, NotFound, PendingMigrations, Rejected,
-                           ReplayRefused, SluiceError, UnknownTask)
+                           ReplayRefused, SluiceError, UnknownPriority, UnknownTask)
 
 app = typer.Typer(help="Sluice: a Celery job queue with priority shedding.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -257,10 +258,9 @@ def dlq_replay(dead_letter_id: Optional[int] = typer.Argument(None),
     store, producer = _store(), default_producer()
     try:
         if dead_letter_id is not None and not all_:
-            out = replay_one(store, producer, dead_letter_id)
-            emit([out.__dict__] if as_json else {k: getattr(out, k) for k in out.__slots__},
-                 as_json)
-            if out.outcome == "rejected":
+            out = dataclasses.asdict(replay_one(store, producer, dead_letter_id))
+            emit([out] if as_json else out, as_json)
+            if out["outcome"] == "rejected":
                 raise SystemExit(REJECTED)
             return
         if not all_:
@@ -415,6 +415,7 @@ def demo(duration: float = typer.Option(30.0, "--duration", min=5),
 
 
 _EXIT = {Rejected: REJECTED, InvalidPayload: USAGE, UnknownTask: USAGE, ConfigError: USAGE,
+         UnknownPriority: USAGE,
          NotFound: FAILURE, ReplayRefused: FAILURE, PendingMigrations: FAILURE}
 
 
