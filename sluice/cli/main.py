@@ -402,6 +402,21 @@ def worker(queues: str = typer.Option("critical,high,normal,low", "--queues", "-
     os.execvp(args[0], args)
 
 
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
+@app.command()
+def flower(address: str = typer.Option("127.0.0.1", "--address"),
+           port: int = typer.Option(5555, "--port")) -> None:
+    """Run Flower. Basic auth (FLOWER_BASIC_AUTH=user:password) is required unless Flower
+    is bound to 127.0.0.1."""
+    if address not in LOOPBACK and not os.environ.get("FLOWER_BASIC_AUTH"):
+        fail(f"Flower on {address} needs FLOWER_BASIC_AUTH=user:password in the environment "
+             "(only a 127.0.0.1 binding may run without it)", USAGE)
+    args = ["celery", "-A", "sluice.app", "flower", f"--address={address}", f"--port={port}"]
+    os.execvp(args[0], args)
+
+
 @app.command()
 def demo(duration: float = typer.Option(30.0, "--duration", min=5),
          plot: Optional[str] = typer.Option(None, "--plot", help="Write a PNG of the run"),
