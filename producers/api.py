@@ -135,6 +135,7 @@ class Producer:
             settings.pressure_margin, settings.pressure_dwell), settings.pressure_interval)
         self.monitor.hooks.append(self._on_pressure_change)
         self._start_lock = threading.Lock()
+        self._broker_was_down = False
 
     def start(self) -> None:
         """Start the pressure monitor (done on first use)."""
@@ -259,16 +260,18 @@ class Producer:
         return self._accepted(plan)
 
     def _send_batch(self, plans: list[Plan]) -> list[Receipt | Rejected]:
-        live = [p for p in plans if p.level is not PressureLevel.UNKNOWN]
+        if not plans:
+            return []
+        if plans[0].level is PressureLevel.UNKNOWN:  # one snapshot level for the batch
+            return [self._broker_down_item(p) for p in plans]
         try:
-            if live:
-                pipe = self.client.pipeline(transaction=False)
-                for plan in live:
-                    pipe.lpush(plan.priority.queue, self._message(plan))
-                pipe.execute()
+            pipe = self.client.pipeline(transaction=False)
+            for plan in plans:
+                pipe.lpush(plan.priority.queue, self._message(plan))
+            pipe.execute()
         except redis.RedisError:
             return [self._broker_down_item(p) for p in plans]
-        return [self._accepted(p) if p in live else self._broker_down_item(p) for p in plans]
+        return [self._accepted(p) for p in plans]
 
     def _accepted(self, plan: Plan) -> Receipt:
         outcome = "delayed" if plan.decision.delay_ms else "accepted"
@@ -300,6 +303,7 @@ class Producer:
                            plan.task_name) from exc
         log.warning("Redis unreachable: CRITICAL %s %s kept in the outbox", plan.task_name,
                     plan.task_id)
+        self._broker_was_down = True  # flush when the monitor sees Redis again
         self.monitor.count(f"{plan.priority.name}:outboxed")
         return Receipt(plan.task_id, plan.priority.queue, PressureLevel.UNKNOWN, 0, False,
                        True, plan.task_name, plan.priority)
@@ -317,7 +321,10 @@ class Producer:
         return flush_outbox(self.send_outboxed)
 
     def _on_pressure_change(self, event: PressureEvent) -> None:
-        if event.old is PressureLevel.UNKNOWN and event.new is not PressureLevel.UNKNOWN:
+        if event.new is PressureLevel.UNKNOWN:
+            self._broker_was_down = True
+        elif self._broker_was_down:
+            self._broker_was_down = False
             try:
                 self.flush_outbox()
             except SQLAlchemyError as exc:

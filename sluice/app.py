@@ -84,8 +84,8 @@ def celery_config(settings: Settings) -> dict[str, object]:
         "worker_eta_task_limit": settings.worker_eta_task_limit,
         "worker_soft_shutdown_timeout": settings.drain_seconds,
         "worker_enable_soft_shutdown_on_idle": False,
-        "worker_send_task_events": True,
-        "task_send_sent_event": True,
+        # task events cost three publishes per job; Flower switches them on when it runs
+        "worker_send_task_events": False,
         "task_time_limit": settings.task_time_limit,
         "task_soft_time_limit": settings.task_soft_time_limit,
         "worker_consumer": "workers.consumer:SluiceConsumer",
