@@ -40,6 +40,7 @@ def work_body(payload: dict) -> None:
                    f"{payload.get('tid', '')}|{started:.6f}|{wait:.6f}")
     if payload.get("sleep_s"):
         time.sleep(float(payload["sleep_s"]))
+    client().incr(f"bench:done:{payload.get('priority', 'NORMAL')}")
 
 
 @sluice_task("bench.work", Priority.NORMAL, Work, max_retries=0)

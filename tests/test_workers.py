@@ -24,6 +24,15 @@ def _attempts(task_id: str) -> list[dict]:
     return [r for r in effects.read("flaky") if r["task_id"] == task_id]
 
 
+def stock_apply(name: str, payload: dict, **options: object) -> None:
+    """A plain Celery `apply_async` (bypassing the producer API) to the test's Redis."""
+    from sluice.app import app
+
+    app.loader.import_default_modules()
+    with app.connection_for_write(get_settings().redis_url.get_secret_value()) as conn:
+        app.tasks[name].apply_async(args=[payload], connection=conn, **options)
+
+
 def _dead(task_id: str):  # noqa: ANN202
     rows = [r for r in DeadLetterStore().list(limit=1000) if r.task_id == task_id]
     return rows
@@ -90,11 +99,9 @@ def test_secret_payload_fields_are_masked_in_the_dead_letter(sluice_env: Env,
 
 def test_invalid_payload_in_the_message_is_dead_lettered(sluice_env: Env,
                                                         processes: Processes) -> None:
-    from sluice.app import app
-
     processes.worker()
     # a stock apply_async bypasses the producer's validation: the worker must catch it
-    app.tasks["email.send"].apply_async(args=[{"to": "nobody"}], task_id="bad-payload-1")
+    stock_apply("email.send", {"to": "nobody"}, task_id="bad-payload-1")
     [row] = wait_for(lambda: _dead("bad-payload-1"), what="dead letter")
     assert row.reason == "INVALID_PAYLOAD" and not row.retryable
     assert "subject" in row.exc_message
@@ -119,14 +126,12 @@ def test_kill_9_after_the_effect_applies_it_once(sluice_env: Env, processes: Pro
 
 def test_a_completed_keyed_job_redelivered_is_skipped(sluice_env: Env,
                                                      processes: Processes) -> None:
-    from sluice.app import app
-
     processes.worker()
     receipt = submit("auth.event", {"user_id": "u1", "kind": "login"}, idempotency_key="k-1")
     wait_for(lambda: redis_client().exists(keys.done("k-1")), what="first run done")
     # the broker hands the same message out again (as after a lost ack)
-    app.tasks["auth.event"].apply_async(args=[{"user_id": "u1", "kind": "login"}],
-                                        task_id=receipt.task_id, headers={"sluice_key": "k-1"})
+    stock_apply("auth.event", {"user_id": "u1", "kind": "login"}, task_id=receipt.task_id,
+                headers={"sluice_key": "k-1"})
     submit("auth.event", {"user_id": "u2", "kind": "login"})
     wait_for(lambda: len(effects.read("auth")) >= 2, what="later job ran")
     assert [r["user_id"] for r in effects.read("auth")] == ["u1", "u2"]
