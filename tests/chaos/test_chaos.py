@@ -1,0 +1,182 @@
+"""Fault injection with real processes. Each test counts accepted vs completed vs
+dead-lettered jobs, and they must add up: nothing accepted is lost.
+
+`make test` runs the short versions; `make chaos` (SLUICE_CHAOS_FULL=1) the long ones.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from dlq.spool import drain_spool
+from dlq.store import DeadLetterStore
+from producers import InvalidPayload, Rejected, UnknownTask, default_producer, submit
+from sluice.errors import ConfigError, SluiceError
+from sluice.settings import get_settings, load_settings
+from tests.chaos.conftest import FAST_RESTORE, Load, completed, duration
+from tests.conftest import Env, Processes, _make_env, reset_all
+from tests.services import PostgresServer, RedisServer, wait_for
+
+pytestmark = pytest.mark.chaos
+
+
+def _all_done(load: Load) -> bool:
+    return load.accepted <= set(completed())
+
+
+def test_worker_sigkilled_every_few_seconds_loses_nothing(sluice_env: Env,
+                                                          processes: Processes,
+                                                          load: Load) -> None:
+    worker = processes.worker(concurrency=2, **FAST_RESTORE)
+    load.run(duration(10))
+    kills, deadline = 0, time.monotonic() + duration(10)
+    while time.monotonic() < deadline:
+        time.sleep(2.5)  # the chaos schedule: one kill every few seconds
+        children = worker.children()
+        if kills % 2 == 0 and children:
+            os.kill(children[0], signal.SIGKILL)  # a pool process dies mid-job
+        else:
+            worker.kill()  # the whole worker dies
+            worker = processes.worker(concurrency=2, **FAST_RESTORE)
+        kills += 1
+    load.wait()
+    wait_for(lambda: _all_done(load), timeout=60, what="every accepted job completed")
+    done = completed()
+    assert len(done) == len(set(done))  # effects applied once, despite redeliveries
+    assert set(done) == load.accepted and DeadLetterStore().count() == 0
+    assert kills >= 3
+
+
+@pytest.fixture
+def aof_redis(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # noqa: ANN201
+    server = RedisServer(tmp_path / "aof-redis", appendonly=True).start()
+    env = _make_env(server, f"sqlite:///{tmp_path / 'sluice.db'}", tmp_path, monkeypatch)
+    yield env
+    reset_all()
+    server.stop()
+
+
+def test_redis_restarted_during_load_loses_no_accepted_job(aof_redis: Env, load: Load) -> None:
+    procs = Processes(aof_redis)
+    try:
+        procs.worker(concurrency=2, **FAST_RESTORE)
+        load.run(duration(12))
+        time.sleep(duration(12) / 3)  # let the load run before the outage
+        aof_redis.redis.stop()
+        time.sleep(2)  # the outage
+        aof_redis.redis.start()
+        load.wait()
+        wait_for(lambda: _all_done(load), timeout=90, what="every accepted job completed")
+        assert {r.reason for r in load.rejected} <= {"BROKER_UNAVAILABLE"}
+        assert load.rejected, "the outage refused some non-CRITICAL submissions"
+        assert set(completed()) == load.accepted
+    finally:
+        procs.stop_all()
+
+
+def test_postgres_down_while_jobs_fail_every_dead_letter_arrives(
+        redis_server: RedisServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pg = PostgresServer().start()
+    try:
+        pg.execute("CREATE DATABASE sluice")
+        env = _make_env(redis_server, pg.url("sluice"), tmp_path, monkeypatch)
+        from dlq.migrate import upgrade
+
+        upgrade()
+        procs = Processes(env)
+        try:
+            procs.worker(concurrency=2, reconcile_interval="1")
+            procs.beat(reconcile_interval="1")
+            pg.stop()
+            receipts = [submit("demo.flaky", {"permanent": True}) for _ in range(40)]
+            time.sleep(duration(5, 30))  # the outage
+            pg.start()
+            store = DeadLetterStore()
+            wait_for(lambda: store.count() == len(receipts), timeout=60,
+                     what="every dead letter in the store (drained by reconcile)")
+            assert {r.task_id for r in store.list(limit=100)} == {r.task_id for r in receipts}
+        finally:
+            procs.stop_all()
+    finally:
+        reset_all()
+        pg.remove()
+
+
+def test_two_worker_hosts_one_stopped_mid_run_the_other_finishes(sluice_env: Env,
+                                                                 processes: Processes,
+                                                                 load: Load) -> None:
+    host_a = processes.worker(concurrency=1, name="a@host-a", **FAST_RESTORE)
+    processes.worker(concurrency=1, name="b@host-b", **FAST_RESTORE)
+    load.run(duration(8))
+    time.sleep(duration(8) / 2)
+    host_a.kill()
+    load.wait()
+    wait_for(lambda: _all_done(load), timeout=60, what="host b finished the work")
+    assert set(completed()) == load.accepted
+    pids = {r["pid"] for r in __import__("workers.effects", fromlist=["read"]).read("audit")}
+    assert len(pids) >= 2  # both hosts did work before one was stopped
+
+
+PAYLOADS = st.one_of(st.none(), st.integers(), st.text(max_size=20),
+                     st.lists(st.integers(), max_size=3),
+                     st.dictionaries(st.sampled_from(["to", "subject", "body", "x", ""]),
+                                     st.one_of(st.text(max_size=30), st.integers(),
+                                               st.none()), max_size=4))
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(task=st.sampled_from(["email.send", "auth.event", "no.such.task", ""]),
+       payload=PAYLOADS, priority=st.sampled_from([None, "LOW", "urgent", 7, "critical"]))
+def test_invalid_input_at_the_api_is_refused_cleanly(sluice_env: Env, task: str,
+                                                     payload: object, priority: object) -> None:
+    client = sluice_env.client
+    before = sum(client.llen(q) for q in ("critical", "high", "normal", "low"))
+    try:
+        receipt = submit(task, payload, priority=priority)  # type: ignore[arg-type]
+    except (InvalidPayload, UnknownTask) as exc:
+        assert str(exc)
+        assert sum(client.llen(q) for q in ("critical", "high", "normal", "low")) == before
+    except SluiceError as exc:  # an unknown priority
+        assert "priority" in str(exc)
+    else:
+        assert receipt.task_id and receipt.queue in ("critical", "high", "normal", "low")
+
+
+def test_a_burst_of_invalid_input_at_every_entry_disturbs_nothing(sluice_env: Env,
+                                                                 processes: Processes) -> None:
+    processes.worker(concurrency=2)
+    # raw queue messages
+    for i in range(20):
+        sluice_env.client.lpush(["critical", "high", "normal", "low"][i % 4], f"junk {i}")
+    # CLI
+    for args in (["submit", "email.send", "--payload", "[]"], ["dlq", "show", "x"],
+                 ["submit", "", "--payload", "{}"], ["killswitch", "on", ""]):
+        out = subprocess.run([sys.executable, "-c", "from sluice.cli import main; main()",
+                              *args], env=sluice_env.process_env(), capture_output=True,
+                             text=True, timeout=60)
+        assert out.returncode == 2 and "Traceback" not in out.stderr, (args, out.stderr)
+    # settings
+    for bad in ({"pressure_shed": -1}, {"visibility_timeout": "soon"},
+                {"pressure_warning": 900, "pressure_critical": 800}):
+        with pytest.raises(ConfigError):
+            load_settings(**bad)
+    # API
+    for payload in (None, [], {"to": 1}, "x"):
+        with pytest.raises(InvalidPayload):
+            submit("email.send", payload)  # type: ignore[arg-type]
+    # ...and valid work still flows
+    good = submit("audit.record", {"actor": "ok", "action": "after the burst"})
+    wait_for(lambda: good.task_id in completed(), timeout=30, what="a valid job after junk")
+    store = DeadLetterStore()
+    drain_spool(store, sluice_env.client, get_settings().spool_path)
+    assert store.count() == 20  # one dead letter per junk message, nothing else
