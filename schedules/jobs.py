@@ -119,7 +119,7 @@ def run_purge(now: dt.datetime) -> dict[str, Any]:
     return {"purged": _store().purge(dt.timedelta(days=days), now)}
 
 
-_OPTIONS: dict[str, Any] = {"acks_late": True, "ignore_result": True}
+_OPTIONS: dict[str, Any] = {"acks_late": True, "ignore_result": True, "shared": False}
 reconcile = app.task(name="schedules.reconcile", sluice_priority=Priority.CRITICAL,
                      **_OPTIONS)(_job("reconcile", run_reconcile))
 retry_dead_letters = app.task(name="schedules.retry_dead_letters", sluice_priority=Priority.HIGH,

@@ -105,6 +105,7 @@ def sluice_task(name: str, priority: Priority, payload: type[BaseModel], *,
     def register(fn: F) -> Any:
         return app.task(
             name=name, base=SluiceTask, sluice_priority=priority, payload_model=payload,
+            shared=False,  # registered on the Sluice app only, never on other Celery apps
             autoretry_for=(Exception,),
             dont_autoretry_for=(PermanentError,), max_retries=policy.max_retries,
             retry_backoff=policy.base_s or False, retry_backoff_max=policy.cap_s,
