@@ -61,6 +61,10 @@ def submit_many(task_name: str, payloads: Sequence[Any], *,
     return default_producer().submit_many(task_name, payloads, priority=priority)
 
 
-async def submit_async(task_name: str, payload: Any, **options: Any) -> Receipt:
+async def submit_async(task_name: str, payload: Any, *, priority: Priority | str | None = None,
+                       idempotency_key: str | None = None, countdown: float | None = None,
+                       expires: float | None = None) -> Receipt:
     """`submit` for asyncio applications. See `Producer.submit_async`."""
-    return await default_producer().submit_async(task_name, payload, **options)
+    return await default_producer().submit_async(
+        task_name, payload, priority=priority, idempotency_key=idempotency_key,
+        countdown=countdown, expires=expires)

@@ -21,7 +21,7 @@ from kombu.utils.uuid import uuid
 from pydantic import BaseModel, SecretBytes, SecretStr, ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 
-from producers import killswitch
+from producers import killswitch, ledger
 from producers.monitor import PressureEvent, PressureMonitor
 from producers.outbox import OutboxEntry, add_to_outbox, flush_outbox
 from producers.pressure import BROKER_UNAVAILABLE, KILL_SWITCH, Decision, Thresholds, decide
@@ -162,7 +162,25 @@ class Producer:
             return self._duplicate(plan, first)
         if plan.decision.delay_ms:
             self.sleep(plan.decision.delay_ms / 1000)
-        return self._send(plan)
+        return self._send_or_release(plan)
+
+    def _send_or_release(self, plan: Plan) -> Receipt:
+        """Send; if the job could not be sent, give its idempotency key back (best effort),
+        so that a retry with the same key is not taken for a duplicate."""
+        try:
+            return self._send(plan)
+        except Rejected:
+            if plan.key is not None:
+                self._release(plan.key, plan.task_id)
+            raise
+
+    def _release(self, key: str, task_id: str) -> None:
+        try:
+            name = keys.idempotency(key)
+            if self.client.get(name) == task_id.encode():
+                self.client.delete(name)
+        except redis.RedisError:
+            log.warning("idempotency key %r stays claimed for a job that was not sent", key)
 
     def submit_many(self, task_name: str, payloads: Sequence[Any], *,
                     priority: Priority | str | None = None,
@@ -188,17 +206,18 @@ class Producer:
         sent = iter(self._send_batch(accepted))
         return [next(sent) if isinstance(p, Plan) else p for p in plans]
 
-    async def submit_async(self, task_name: str, payload: Any, **options: Any) -> Receipt:
+    async def submit_async(self, task_name: str, payload: Any, *,
+                           priority: Priority | str | None = None,
+                           idempotency_key: str | None = None, countdown: float | None = None,
+                           expires: float | None = None) -> Receipt:
         """`submit` for asyncio: the delay is awaited, the I/O runs in a worker thread."""
-        plan = self.plan(task_name, payload, options.get("priority"),
-                         options.get("idempotency_key"), options.get("expires"),
-                         options.get("countdown"))
+        plan = self.plan(task_name, payload, priority, idempotency_key, expires, countdown)
         first = await asyncio.to_thread(self._claim, plan)
         if first is not None:
             return self._duplicate(plan, first)
         if plan.decision.delay_ms:
             await asyncio.sleep(plan.decision.delay_ms / 1000)
-        return await asyncio.to_thread(self._send, plan)
+        return await asyncio.to_thread(self._send_or_release, plan)
 
     # -- planning (in memory) ----------------------------------------------------------
 
@@ -254,10 +273,18 @@ class Producer:
         if plan.level is PressureLevel.UNKNOWN:
             return self._outbox(plan)
         try:
-            self.client.lpush(plan.priority.queue, self._message(plan))
+            pipe = self.client.pipeline(transaction=False)
+            self._push(pipe, plan)
+            pipe.execute()
         except redis.RedisError:
             return self._broker_down(plan)
         return self._accepted(plan)
+
+    def _push(self, pipe: Any, plan: Plan) -> None:
+        """LPUSH the message and write it to the ledger, in the caller's pipeline."""
+        message = self._message(plan)
+        pipe.lpush(plan.priority.queue, message)
+        ledger.record(pipe, plan.task_id, plan.priority.queue, message, time.time())
 
     def _send_batch(self, plans: list[Plan]) -> list[Receipt | Rejected]:
         if not plans:
@@ -267,7 +294,7 @@ class Producer:
         try:
             pipe = self.client.pipeline(transaction=False)
             for plan in plans:
-                pipe.lpush(plan.priority.queue, self._message(plan))
+                self._push(pipe, plan)
             pipe.execute()
         except redis.RedisError:
             return [self._broker_down_item(p) for p in plans]
@@ -314,7 +341,10 @@ class Producer:
         """Send one outbox entry with its original task id (used by `flush_outbox`)."""
         message = encode(self.app, entry.task_id, entry.task_name, entry.payload, entry.queue,
                          dict(entry.headers or {}))
-        self.client.lpush(entry.queue, message)
+        pipe = self.client.pipeline(transaction=False)
+        pipe.lpush(entry.queue, message)
+        ledger.record(pipe, entry.task_id, entry.queue, message, time.time())
+        pipe.execute()
 
     def flush_outbox(self) -> int:
         """Send every CRITICAL job waiting in the outbox; returns how many."""

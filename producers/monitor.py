@@ -140,7 +140,10 @@ class PressureMonitor:
 
     def _publish(self, event: PressureEvent) -> None:
         if event.new is not PressureLevel.UNKNOWN:
-            self.client.publish(keys.PRESSURE_CHANNEL, event.to_json())
+            pipe = self.client.pipeline(transaction=False)
+            pipe.publish(keys.PRESSURE_CHANNEL, event.to_json())
+            pipe.hincrby(keys.PRESSURE_CHANGES, event.new.name, 1)
+            pipe.execute()
 
     def start(self) -> None:
         """Take a first sample now, then keep sampling in a daemon thread."""

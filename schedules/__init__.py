@@ -1,0 +1,6 @@
+"""The beat schedule and its jobs (reconcile, retry-dead-letters, purge-dead-letters),
+plus the operational read-outs built on them (doctor, metrics, schedule status)."""
+
+__all__ = ["build_schedule", "JOBS"]
+
+from schedules.beat import JOBS, build_schedule

@@ -20,7 +20,7 @@ from dlq.recorder import get_recorder
 from dlq.replay import replay_one
 from dlq.spool import drain_spool
 from dlq.store import DeadLetterStore, as_utc
-from producers import default_producer
+from producers import default_producer, ledger
 from schedules.retry import next_retry
 from sluice import keys
 from sluice.app import app
@@ -67,16 +67,19 @@ def _job(name: str, body: Callable[[dt.datetime], dict[str, Any]]) -> Callable[.
 
 
 def run_reconcile(now: dt.datetime) -> dict[str, Any]:
-    """Drain the dead-letter spool, flush the CRITICAL outbox, report stuck jobs."""
+    """Drain the dead-letter spool, flush the CRITICAL outbox, re-send jobs lost in flight,
+    report stuck jobs."""
     settings, client = get_settings(), redis_client()
     with client.lock(keys.DRAIN_LOCK, timeout=300, blocking_timeout=30):
         drained = drain_spool(_store(), client, settings.spool_path)
     flushed = default_producer().flush_outbox()
+    resent = ledger.recover_lost(client, now.timestamp(), settings.ledger_grace_seconds,
+                                 settings.ledger_confirm_seconds)
     stuck = stuck_report(now.timestamp())
     if stuck["over_time_limit"] or stuck["over_visibility"]:
         log.warning("stuck jobs: %d past their time limit, %d reserved past the visibility "
                     "timeout", stuck["over_time_limit"], stuck["over_visibility"])
-    return {"drained": drained, "outbox_sent": flushed, **stuck}
+    return {"drained": drained, "outbox_sent": flushed, "lost_resent": resent, **stuck}
 
 
 def stuck_report(now: float) -> dict[str, int]:

@@ -70,9 +70,12 @@ class SluiceCollector(Collector):
             priority, _, outcome = name.decode().partition(":")
             subs.add_metric([priority, outcome], int(n))
         yield subs
-        for key, metric, doc in ((keys.RETRIES, "sluice_retries", "Retries by task"),
-                                 (keys.EXPIRED, "sluice_expired", "Expired jobs by task")):
-            fam = CounterMetricFamily(metric, doc, labels=["task"])
+        for key, metric, doc, label in (
+                (keys.RETRIES, "sluice_retries", "Retries by task", "task"),
+                (keys.EXPIRED, "sluice_expired", "Expired jobs by task", "task"),
+                (keys.PRESSURE_CHANGES, "sluice_pressure_changes", "Level changes by the "
+                 "level entered", "level")):
+            fam = CounterMetricFamily(metric, doc, labels=[label])
             for name, n in client.hgetall(key).items():
                 fam.add_metric([name.decode()], int(n))
             yield fam

@@ -14,6 +14,8 @@ KILL_SWITCHES = PREFIX + "killswitch"
 DLQ_SPOOL = PREFIX + "dlq:spool"
 #: hash of counters: submissions by `PRIORITY:outcome`, shared by every producer.
 SUBMISSIONS = PREFIX + "stats:submissions"
+#: hash of counters: pressure level changes by the level entered.
+PRESSURE_CHANGES = PREFIX + "stats:pressure_changes"
 #: hash of counters: retries by task name.
 RETRIES = PREFIX + "stats:retries"
 #: hash of counters: expired (dropped stale) jobs by task name.
@@ -50,3 +52,10 @@ KOMBU_UNACKED_INDEX = "unacked_index"
 DRAIN_LOCK = PREFIX + "lock:drain"
 #: hash: the last stuck-job report of the reconcile job.
 STUCK = PREFIX + "stuck"
+
+#: The ledger of accepted jobs not yet started: hash task id -> {"q": queue, "m": message},
+#: and a sorted set task id -> when it was (re)sent. See `producers.ledger`.
+LEDGER = PREFIX + "ledger"
+LEDGER_AT = PREFIX + "ledger:at"
+#: hash task id -> when a ledger entry was first seen neither queued nor reserved.
+LEDGER_SUSPECTS = PREFIX + "ledger:suspects"

@@ -69,6 +69,8 @@ class Settings(BaseSettings):
     breaker_slow_seconds: float = Field(3.0, gt=0)
     breaker_window: int = Field(20, gt=0)
     reconcile_interval: float = Field(60.0, gt=0)
+    ledger_grace_seconds: float = Field(30.0, gt=0)  # a job older than this is checked
+    ledger_confirm_seconds: float = Field(5.0, gt=0)  # missing this long: lost, re-sent
     dlq_retry_interval: float = Field(900.0, gt=0)
     dlq_purge_interval: float = Field(86400.0, gt=0)
     dlq_retry_base: float = Field(900.0, gt=0)

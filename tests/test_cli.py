@@ -98,7 +98,7 @@ def test_dlq_commands(sluice_env: Env) -> None:
     for key in ("id", "task_id", "task_name", "queue", "priority", "status", "reason"):
         assert key in rows[0]
     first = rows[0]["id"]
-    shown = json.loads(sluice(sluice_env, "dlq", "show", str(first), "--json").stdout)
+    [shown] = json.loads(sluice(sluice_env, "dlq", "show", str(first), "--json").stdout)
     assert shown["traceback"] and shown["id"] == first
     assert sluice(sluice_env, "dlq", "show", "9999").returncode == 1
     out = sluice(sluice_env, "dlq", "replay", str(first), "--json")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from kombu.serialization import dumps as serialize
 from kombu.transport.virtual.base import Base64
 from kombu.utils.json import dumps as to_json
@@ -17,25 +18,24 @@ def _starts(domain: str) -> list[float]:
     return sorted(r["at"] for r in effects.read(domain))
 
 
-def test_critical_runs_before_older_low(sluice_env: Env, processes: Processes) -> None:
-    submit_many("analytics.track", [{"event": f"e{i}"} for i in range(200)])
-    submit_many("audit.record", [{"actor": "a", "action": f"x{i}"} for i in range(200)])
+@pytest.mark.parametrize("older, newer", [
+    (("analytics.track", {"event": "e"}, "analytics"), ("audit.record",
+                                                         {"actor": "a", "action": "x"}, "audit")),
+    (("data.sync", {"source": "a", "destination": "b"}, "data"),
+     ("email.send", {"to": "u@x.io", "subject": "s"}, "email")),
+], ids=["CRITICAL-before-LOW", "HIGH-before-NORMAL"])
+def test_higher_priority_runs_before_older_lower_priority(sluice_env: Env, processes: Processes,
+                                                          older: tuple, newer: tuple) -> None:
+    """200 lower-priority jobs queued first, then 200 higher: with one worker slot, every
+    higher one runs before any lower one (but the one already prefetched)."""
+    (low_task, low_payload, low_effects), (high_task, high_payload, high_effects) = older, newer
+    submit_many(low_task, [low_payload] * 200)
+    submit_many(high_task, [high_payload] * 200)
     processes.worker(concurrency=1)
-    wait_for(lambda: len(effects.read("analytics")) == 200, timeout=90, what="all jobs run")
-    critical, low = _starts("audit"), _starts("analytics")
-    assert len(critical) == 200
-    # at most the one LOW job the worker had already prefetched may run before CRITICAL
-    assert sum(1 for t in low if t < critical[-1]) <= 1
-
-
-def test_high_runs_before_older_normal(sluice_env: Env, processes: Processes) -> None:
-    submit_many("data.sync", [{"source": "a", "destination": "b"} for _ in range(200)])
-    submit_many("email.send", [{"to": "u@x.io", "subject": f"s{i}"} for i in range(200)])
-    processes.worker(concurrency=1)
-    wait_for(lambda: len(effects.read("data")) == 200, timeout=90, what="all jobs run")
-    high, normal = _starts("email"), _starts("data")
+    wait_for(lambda: len(effects.read(low_effects)) == 200, timeout=90, what="all jobs run")
+    high, low = _starts(high_effects), _starts(low_effects)
     assert len(high) == 200
-    assert sum(1 for t in normal if t < high[-1]) <= 1
+    assert sum(1 for t in low if t < high[-1]) <= 1
 
 
 def test_killed_worker_job_is_redelivered_and_completes(sluice_env: Env,

@@ -14,6 +14,7 @@ from typing import Any
 
 import redis
 
+from producers import ledger
 from sluice import keys
 from sluice.connections import redis_client
 from sluice.settings import get_settings
@@ -77,6 +78,13 @@ def count_expired(detail: TaskDetail) -> None:
     log.info("%s %s expired before it started: dropped, not dead-lettered",
              detail.task_name, detail.task_id)
     redis_client().hincrby(keys.EXPIRED, detail.task_name, 1)
+    ledger.forget(redis_client(), [detail.task_id])
+
+
+@subscribe("started")
+def leave_ledger(detail: TaskDetail) -> None:
+    """Started: kombu holds the job in its unacked set now, the ledger can let go."""
+    ledger.forget(redis_client(), [detail.task_id])
 
 
 @subscribe("started")

@@ -235,7 +235,7 @@ def dlq_show(dead_letter_id: int, as_json: bool = JSON) -> None:
     """Everything about one dead letter, traceback included."""
     row = _store().get(dead_letter_id).as_dict()
     if as_json:
-        emit(row, True)
+        emit([row], True)
         return
     tb = row.pop("traceback", "")
     emit(row, False)

@@ -1,0 +1,127 @@
+"""The ledger of accepted jobs: what closes kombu's one unguarded window.
+
+kombu's Redis transport BRPOPs a message and only then records it in its unacked set; a
+worker that dies between the two (SIGKILL, power loss, the in-flight reply of celery #4354)
+loses that job, and nothing else knows it existed. So every accepted job is also written to
+the ledger, in the same pipeline as its LPUSH, and a worker forgets it as the job starts (by
+then kombu holds it in unacked, which restores it if the worker dies). The reconcile job
+re-sends a ledger entry that is neither queued, nor reserved, nor started, once it has been
+seen missing twice, `confirm_s` apart: a job in flight is missing only for milliseconds.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from sluice import keys
+from sluice.priorities import QUEUES
+
+__all__ = ["record", "forget", "LostVerdict", "judge", "recover_lost"]
+
+log = logging.getLogger("sluice.ledger")
+
+
+def record(pipe: Any, task_id: str, queue: str, message: str, now: float) -> None:
+    """Add the ledger writes for one sent job to `pipe` (the pipeline that LPUSHes it)."""
+    pipe.hset(keys.LEDGER, task_id, json.dumps({"q": queue, "m": message}))
+    pipe.zadd(keys.LEDGER_AT, {task_id: now})
+
+
+def forget(client: redis.Redis, task_ids: Iterable[str]) -> None:
+    """The jobs started (or were dropped on purpose): they leave the ledger."""
+    ids = list(task_ids)
+    if ids:
+        pipe = client.pipeline(transaction=False)
+        pipe.hdel(keys.LEDGER, *ids)
+        pipe.zrem(keys.LEDGER_AT, *ids)
+        pipe.hdel(keys.LEDGER_SUSPECTS, *ids)
+        pipe.execute()
+
+
+@dataclass(frozen=True, slots=True)
+class LostVerdict:
+    """Which old ledger entries to re-send now, and which to watch."""
+
+    resend: frozenset[str]
+    suspects: dict[str, float]
+
+
+def judge(old: Iterable[str], present: set[str], suspects: dict[str, float], now: float,
+          confirm_s: float) -> LostVerdict:
+    """Pure: an old entry that is not present is a suspect; a suspect missing for
+    `confirm_s` is lost and re-sent. Entries present again stop being suspects."""
+    resend, watch = set(), {}
+    for task_id in old:
+        if task_id in present:
+            continue
+        first = suspects.get(task_id, now)
+        if now - first >= confirm_s:
+            resend.add(task_id)
+        else:
+            watch[task_id] = first
+    return LostVerdict(frozenset(resend), watch)
+
+
+def _ids_in_queues(client: redis.Redis) -> set[str]:
+    ids: set[str] = set()
+    for queue in QUEUES:
+        for start in range(0, int(client.llen(queue)), 1000):
+            for raw in client.lrange(queue, start, start + 999):
+                ids.add(_message_id(raw))
+    return ids
+
+
+def _ids_reserved(client: redis.Redis) -> set[str]:
+    """Task ids in kombu's unacked hash (values are `[message, exchange, routing_key]`)."""
+    ids = set()
+    for raw in client.hvals(keys.KOMBU_UNACKED):
+        try:
+            ids.add(str(json.loads(raw)[0]["headers"]["id"]))
+        except (ValueError, IndexError, KeyError, TypeError):
+            continue
+    return ids
+
+
+def _message_id(raw: bytes | str) -> str:
+    try:
+        return str(json.loads(raw)["headers"]["id"])
+    except (ValueError, KeyError, TypeError):
+        return ""  # not a message (garbage is the consumer's business)
+
+
+def recover_lost(client: redis.Redis, now: float | None = None, grace_s: float = 30.0,
+                 confirm_s: float = 5.0) -> int:
+    """Re-send accepted jobs that vanished; returns how many were re-sent.
+
+    Only entries older than `grace_s` are examined, so a healthy queue costs a ZRANGEBYSCORE.
+    """
+    now = time.time() if now is None else now
+    old = [t.decode() for t in client.zrangebyscore(keys.LEDGER_AT, "-inf", now - grace_s)]
+    if not old:
+        client.delete(keys.LEDGER_SUSPECTS)
+        return 0
+    present = _ids_in_queues(client) | _ids_reserved(client)
+    suspects = {k.decode(): float(v) for k, v in client.hgetall(keys.LEDGER_SUSPECTS).items()}
+    verdict = judge(old, present, suspects, now, confirm_s)
+    pipe = client.pipeline(transaction=False)
+    pipe.delete(keys.LEDGER_SUSPECTS)
+    if verdict.suspects:
+        pipe.hset(keys.LEDGER_SUSPECTS, mapping=verdict.suspects)
+    for task_id, raw in zip(verdict.resend, client.hmget(keys.LEDGER, list(verdict.resend))
+                            if verdict.resend else []):
+        if raw is None:
+            continue  # it started meanwhile
+        entry = json.loads(raw)
+        pipe.lpush(entry["q"], entry["m"])
+        pipe.zadd(keys.LEDGER_AT, {task_id: now})
+        log.error("accepted job %s was lost in flight (a worker died holding it): re-sent "
+                  "to %s", task_id, entry["q"])
+    pipe.execute()
+    return len(verdict.resend)

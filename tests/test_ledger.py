@@ -1,0 +1,52 @@
+"""The ledger of accepted jobs: the pure verdict, and recovery against a real Redis."""
+
+from __future__ import annotations
+
+import json
+
+from producers import submit
+from producers.ledger import forget, judge, recover_lost
+from sluice import keys
+from tests.conftest import Env
+
+
+def test_judge_needs_two_sightings_confirm_apart() -> None:
+    v = judge(["a", "b", "c"], present={"a"}, suspects={"c": 90.0}, now=100.0, confirm_s=5)
+    assert v.resend == {"c"} and v.suspects == {"b": 100.0}
+    v = judge(["b"], present=set(), suspects={"b": 100.0}, now=103.0, confirm_s=5)
+    assert v.resend == frozenset() and v.suspects == {"b": 100.0}
+    assert judge(["b"], present={"b"}, suspects={"b": 1.0}, now=200.0, confirm_s=5).suspects == {}
+
+
+def test_every_accepted_job_is_in_the_ledger_until_it_starts(sluice_env: Env) -> None:
+    receipt = submit("email.send", {"to": "a@b.io", "subject": "s"})
+    entry = json.loads(sluice_env.client.hget(keys.LEDGER, receipt.task_id))
+    assert entry["q"] == "high"
+    assert entry["m"] == sluice_env.client.lindex("high", 0).decode()
+    forget(sluice_env.client, [receipt.task_id])
+    assert not sluice_env.client.hexists(keys.LEDGER, receipt.task_id)
+    assert sluice_env.client.zscore(keys.LEDGER_AT, receipt.task_id) is None
+
+
+def test_a_job_lost_in_flight_is_resent_once_confirmed(sluice_env: Env) -> None:
+    client = sluice_env.client
+    lost = submit("email.send", {"to": "a@b.io", "subject": "lost"})
+    queued = submit("email.send", {"to": "a@b.io", "subject": "queued"})
+    client.rpop("high")  # a worker BRPOPped `lost` and died before recording it
+    now = float(client.zscore(keys.LEDGER_AT, lost.task_id)) + 60
+    assert recover_lost(client, now, grace_s=30, confirm_s=5) == 0  # first sighting
+    assert recover_lost(client, now + 2, grace_s=30, confirm_s=5) == 0
+    assert recover_lost(client, now + 6, grace_s=30, confirm_s=5) == 1
+    ids = [json.loads(m)["headers"]["id"] for m in client.lrange("high", 0, -1)]
+    assert sorted(ids) == sorted([lost.task_id, queued.task_id])
+    assert recover_lost(client, now + 7, grace_s=30, confirm_s=5) == 0  # present again
+
+
+def test_a_reserved_job_is_not_resent(sluice_env: Env) -> None:
+    client = sluice_env.client
+    receipt = submit("email.send", {"to": "a@b.io", "subject": "reserved"})
+    raw = client.rpop("high")
+    client.hset(keys.KOMBU_UNACKED, "tag-1", json.dumps([json.loads(raw), "sluice", "high"]))
+    now = float(client.zscore(keys.LEDGER_AT, receipt.task_id)) + 60
+    for step in (0, 10, 20):
+        assert recover_lost(client, now + step, grace_s=30, confirm_s=5) == 0
