@@ -8,6 +8,7 @@ pipeline. The only extra round trip is the idempotency claim, and only when a ke
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import threading
 import time
@@ -107,15 +108,21 @@ MASK = "***"
 def mask_secrets(model: type[BaseModel], payload: Any) -> Any:
     """A copy of `payload` with every field the model marks secret replaced by `***`
     (for dead-letter rows and the message's printable `argsrepr`)."""
-    if not isinstance(payload, dict):
+    secret = _secret_fields(model)
+    if not secret or not isinstance(payload, dict) or not secret & payload.keys():
         return payload
-    masked = dict(payload)
+    return {k: MASK if k in secret else v for k, v in payload.items()}
+
+
+@functools.cache
+def _secret_fields(model: type[BaseModel]) -> frozenset[str]:
+    """Names (and aliases) of the fields of `model` marked secret."""
+    names: set[str] = set()
     for name, info in model.model_fields.items():
         extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
         if info.annotation in _SECRET_TYPES or extra.get("secret"):
-            for key in {name, info.alias or name} & masked.keys():
-                masked[key] = MASK
-    return masked
+            names |= {name, info.alias or name}
+    return frozenset(names)
 
 
 _SECRET_TYPES = (SecretStr, SecretBytes, SecretStr | None, SecretBytes | None)
@@ -273,18 +280,21 @@ class Producer:
         if plan.level is PressureLevel.UNKNOWN:
             return self._outbox(plan)
         try:
-            pipe = self.client.pipeline(transaction=False)
-            self._push(pipe, plan)
-            pipe.execute()
+            self._push([plan])
         except redis.RedisError:
             return self._broker_down(plan)
         return self._accepted(plan)
 
-    def _push(self, pipe: Any, plan: Plan) -> None:
-        """LPUSH the message and write it to the ledger, in the caller's pipeline."""
-        message = self._message(plan)
-        pipe.lpush(plan.priority.queue, message)
-        ledger.record(pipe, plan.task_id, plan.priority.queue, message, time.time())
+    def _push(self, plans: list[Plan]) -> None:
+        """LPUSH each message and write them all to the ledger: one pipeline."""
+        pipe = self.client.pipeline(transaction=False)
+        sent = []
+        for plan in plans:
+            message = self._message(plan)
+            pipe.lpush(plan.priority.queue, message)
+            sent.append((plan.task_id, plan.priority.queue, message))
+        ledger.record(pipe, sent, time.time())
+        pipe.execute()
 
     def _send_batch(self, plans: list[Plan]) -> list[Receipt | Rejected]:
         if not plans:
@@ -292,10 +302,7 @@ class Producer:
         if plans[0].level is PressureLevel.UNKNOWN:  # one snapshot level for the batch
             return [self._broker_down_item(p) for p in plans]
         try:
-            pipe = self.client.pipeline(transaction=False)
-            for plan in plans:
-                self._push(pipe, plan)
-            pipe.execute()
+            self._push(plans)
         except redis.RedisError:
             return [self._broker_down_item(p) for p in plans]
         return [self._accepted(p) for p in plans]
@@ -343,7 +350,7 @@ class Producer:
                          dict(entry.headers or {}))
         pipe = self.client.pipeline(transaction=False)
         pipe.lpush(entry.queue, message)
-        ledger.record(pipe, entry.task_id, entry.queue, message, time.time())
+        ledger.record(pipe, [(entry.task_id, entry.queue, message)], time.time())
         pipe.execute()
 
     def flush_outbox(self) -> int:

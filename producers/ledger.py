@@ -1,4 +1,4 @@
-"""The ledger of accepted jobs: what closes kombu's one unguarded window.
+"""The ledger of accepted jobs (`queue\nmessage` by task id): what closes kombu's one unguarded window.
 
 kombu's Redis transport BRPOPs a message and only then records it in its unacked set; a
 worker that dies between the two (SIGKILL, power loss, the in-flight reply of celery #4354)
@@ -28,10 +28,12 @@ __all__ = ["record", "forget", "LostVerdict", "judge", "recover_lost"]
 log = logging.getLogger("sluice.ledger")
 
 
-def record(pipe: Any, task_id: str, queue: str, message: str, now: float) -> None:
-    """Add the ledger writes for one sent job to `pipe` (the pipeline that LPUSHes it)."""
-    pipe.hset(keys.LEDGER, task_id, json.dumps({"q": queue, "m": message}))
-    pipe.zadd(keys.LEDGER_AT, {task_id: now})
+def record(pipe: Any, sent: list[tuple[str, str, str]], now: float) -> None:
+    """Add the ledger writes for sent jobs, `(task_id, queue, message)`, to `pipe` (the
+    pipeline that LPUSHes them): two commands whatever the batch size."""
+    if sent:
+        pipe.hset(keys.LEDGER, mapping={t: f"{q}\n{m}" for t, q, m in sent})  # no re-encoding
+        pipe.zadd(keys.LEDGER_AT, {t: now for t, _, _ in sent})
 
 
 def forget(client: redis.Redis, task_ids: Iterable[str]) -> None:
@@ -118,10 +120,10 @@ def recover_lost(client: redis.Redis, now: float | None = None, grace_s: float =
                             if verdict.resend else []):
         if raw is None:
             continue  # it started meanwhile
-        entry = json.loads(raw)
-        pipe.lpush(entry["q"], entry["m"])
+        queue, _, message = raw.decode().partition("\n")
+        pipe.lpush(queue, message)
         pipe.zadd(keys.LEDGER_AT, {task_id: now})
         log.error("accepted job %s was lost in flight (a worker died holding it): re-sent "
-                  "to %s", task_id, entry["q"])
+                  "to %s", task_id, queue)
     pipe.execute()
     return len(verdict.resend)
