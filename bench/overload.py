@@ -125,7 +125,9 @@ def run(kind: str, capacity: float, factor: float, duration: float, tmp: Path) -
     finally:
         stop(worker, timeout=10)
         server.stop()
-    result.update(max_depth=max(depths, default=0), redis_memory_peak_bytes=memory_peak)
+    result["run"] = {"max_depth": max(depths, default=0),
+                     "redis_memory_peak_bytes": memory_peak,
+                     "critical_timeline": result.pop("critical_timeline")}
     return result
 
 
@@ -187,7 +189,7 @@ def plot(results: dict[str, Any], path: str) -> None:
 
     fig, ax = plt.subplots(figsize=(10, 5))
     for kind, style in (("plain", "r."), ("gated", "g.")):
-        pts = results[kind]["critical_timeline"]
+        pts = results["runs"][kind]["critical_timeline"]
         ax.plot([p[0] for p in pts], [p[1] for p in pts], style, markersize=3,
                 label=f"{kind}: CRITICAL wait (submit -> start)")
     ax.set_yscale("symlog", linthresh=0.1)
@@ -212,16 +214,19 @@ def main() -> None:
     print(f"capacity: {capacity:.1f} jobs/s (2 prefork processes, {JOB_S * 1000:.0f} ms jobs)")
     results: dict[str, Any] = {"capacity_jobs_per_s": capacity, "factor": args.factor,
                                "duration_s": args.duration}
+    details = {}
     for kind in ("gated", "plain"):
         results[kind] = run(kind, capacity, args.factor, args.duration, tmp)
+        details[kind] = results[kind].pop("run")
+    results["runs"] = details  # max depth, memory peak, CRITICAL waits over time
     rows = [{"run": kind, "priority": p, **results[kind][p]} for kind in ("gated", "plain")
             for p in MIX]
     print_table(f"{args.factor}x overload for {args.duration:.0f}s",
                 ["run", "priority", "offered", "accepted", "shed", "completed", "wait_p50_s",
                  "wait_p95_s", "wait_p99_s"], rows)
     for kind in ("gated", "plain"):
-        print(f"{kind}: max depth {results[kind]['max_depth']}, Redis memory peak "
-              f"{results[kind]['redis_memory_peak_bytes'] / 2**20:.1f} MiB")
+        print(f"{kind}: max depth {details[kind]['max_depth']}, Redis memory peak "
+              f"{details[kind]['redis_memory_peak_bytes'] / 2**20:.1f} MiB")
     g, pl = results["gated"]["CRITICAL"], results["plain"]["CRITICAL"]
     ratio = pl["wait_p99_s"] / max(g["wait_p99_s"], 1e-9)
     results["critical_p99_ratio_plain_over_gated"] = ratio

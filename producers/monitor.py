@@ -135,8 +135,10 @@ class PressureMonitor:
         return snap
 
     def _log(self, event: PressureEvent) -> None:
-        log.warning("pressure_change old=%s new=%s depth=%d at=%.3f",
-                    event.old.name, event.new.name, event.depth, event.at)
+        first = event.old is PressureLevel.UNKNOWN and event.new is PressureLevel.NORMAL
+        log.log(logging.INFO if first else logging.WARNING,
+                "pressure_change old=%s new=%s depth=%d at=%.3f",
+                event.old.name, event.new.name, event.depth, event.at)
 
     def _publish(self, event: PressureEvent) -> None:
         if event.new is not PressureLevel.UNKNOWN:
@@ -156,7 +158,10 @@ class PressureMonitor:
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
-            self.tick()
+            try:
+                self.tick()
+            except Exception:  # keep sampling: a dead monitor would freeze the level
+                log.exception("pressure sample failed")
 
     def stop(self) -> None:
         """Stop sampling and flush the counters one last time."""
