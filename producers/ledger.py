@@ -37,14 +37,11 @@ def record(pipe: Any, sent: list[tuple[str, str, str]], now: float) -> None:
 
 
 def forget(client: redis.Redis, task_ids: Iterable[str]) -> None:
-    """The jobs started (or were dropped on purpose): they leave the ledger."""
+    """The jobs started (or were dropped on purpose): they leave the ledger. One HDEL, on
+    every job start; the time index and the suspects are cleaned by `recover_lost`."""
     ids = list(task_ids)
     if ids:
-        pipe = client.pipeline(transaction=False)
-        pipe.hdel(keys.LEDGER, *ids)
-        pipe.zrem(keys.LEDGER_AT, *ids)
-        pipe.hdel(keys.LEDGER_SUSPECTS, *ids)
-        pipe.execute()
+        client.hdel(keys.LEDGER, *ids)
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,23 +96,32 @@ def _message_id(raw: bytes | str) -> str:
 
 
 def recover_lost(client: redis.Redis, now: float | None = None, grace_s: float = 30.0,
-                 confirm_s: float = 5.0) -> int:
+                 confirm_s: float = 5.0, limit: int = 50_000) -> int:
     """Re-send accepted jobs that vanished; returns how many were re-sent.
 
-    Only entries older than `grace_s` are examined, so a healthy queue costs a ZRANGEBYSCORE.
+    Examines (at most `limit`) index entries older than `grace_s`: those of started jobs are
+    dropped from the index; the queues and the unacked set are scanned only when some old
+    entry is still in the ledger.
     """
     now = time.time() if now is None else now
-    old = [t.decode() for t in client.zrangebyscore(keys.LEDGER_AT, "-inf", now - grace_s)]
+    old = [t.decode() for t in client.zrangebyscore(keys.LEDGER_AT, "-inf", now - grace_s,
+                                                    start=0, num=limit)]
     if not old:
         client.delete(keys.LEDGER_SUSPECTS)
         return 0
-    present = _ids_in_queues(client) | _ids_reserved(client)
+    entries = dict(zip(old, client.hmget(keys.LEDGER, old)))
+    started = [t for t, raw in entries.items() if raw is None]  # forgotten: index only
+    old = [t for t, raw in entries.items() if raw is not None]
+    present = _ids_in_queues(client) | _ids_reserved(client) if old else set()
     suspects = {k.decode(): float(v) for k, v in client.hgetall(keys.LEDGER_SUSPECTS).items()}
     verdict = judge(old, present, suspects, now, confirm_s)
     pipe = client.pipeline(transaction=False)
+    if started:
+        pipe.zrem(keys.LEDGER_AT, *started)
     pipe.delete(keys.LEDGER_SUSPECTS)
     if verdict.suspects:
         pipe.hset(keys.LEDGER_SUSPECTS, mapping=verdict.suspects)
+    resent = 0
     for task_id, raw in zip(verdict.resend, client.hmget(keys.LEDGER, list(verdict.resend))
                             if verdict.resend else []):
         if raw is None:
@@ -125,5 +131,6 @@ def recover_lost(client: redis.Redis, now: float | None = None, grace_s: float =
         pipe.zadd(keys.LEDGER_AT, {task_id: now})
         log.error("accepted job %s was lost in flight (a worker died holding it): re-sent "
                   "to %s", task_id, queue)
+        resent += 1
     pipe.execute()
-    return len(verdict.resend)
+    return resent

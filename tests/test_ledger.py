@@ -25,7 +25,9 @@ def test_every_accepted_job_is_in_the_ledger_until_it_starts(sluice_env: Env) ->
     assert queue == "high" and message == sluice_env.client.lindex("high", 0).decode()
     forget(sluice_env.client, [receipt.task_id])
     assert not sluice_env.client.hexists(keys.LEDGER, receipt.task_id)
-    assert sluice_env.client.zscore(keys.LEDGER_AT, receipt.task_id) is None
+    at = sluice_env.client.zscore(keys.LEDGER_AT, receipt.task_id)
+    assert recover_lost(sluice_env.client, at + 60) == 0  # started: only its index is left,
+    assert sluice_env.client.zscore(keys.LEDGER_AT, receipt.task_id) is None  # now dropped
 
 
 def test_a_job_lost_in_flight_is_resent_once_confirmed(sluice_env: Env) -> None:
