@@ -90,13 +90,15 @@ def task_for(app: Celery, name: str) -> Any:
     return task
 
 
-def validate_payload(task_name: str, model: type[BaseModel], payload: Any) -> None:
-    """Raise InvalidPayload listing every bad field when `payload` does not fit `model`."""
+def validate_payload(task_name: str, model: type[BaseModel], payload: Any) -> BaseModel:
+    """The payload as `model`; InvalidPayload listing every bad field otherwise. The error
+    names fields and problems but never echoes the values (they may be secrets)."""
     try:
-        model.model_validate(payload)
+        return model.model_validate(payload)
     except ValidationError as exc:
         errors = [{"field": ".".join(str(p) for p in e["loc"]) or "(payload)",
-                   "message": e["msg"], "type": e["type"]} for e in exc.errors()]
+                   "message": e["msg"], "type": e["type"]}
+                  for e in exc.errors(include_input=False, include_url=False)]
         raise InvalidPayload(task_name, errors) from None
 
 

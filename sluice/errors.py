@@ -42,6 +42,10 @@ class UnknownTask(SluiceError):
         hint = f" (known tasks: {', '.join(sorted(known))})" if known else ""
         super().__init__(f"unknown task {name!r}{hint}")
         self.task_name = name
+        self.known = known
+
+    def __reduce__(self) -> tuple[Any, ...]:  # picklable across Celery's pool processes
+        return (type(self), (self.task_name, self.known))
 
 
 class UnknownPriority(SluiceError, ValueError):
@@ -56,6 +60,9 @@ class InvalidPayload(SluiceError):
         self.errors = errors
         fields = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
         super().__init__(f"invalid payload for {task_name!r}: {fields}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.task_name, self.errors))
 
     @property
     def fields(self) -> list[str]:
@@ -79,6 +86,10 @@ class Rejected(SluiceError):
             f"{task_name or 'job'} rejected: {reason} (level {level_name}, priority {prio_name}, "
             f"retry after {retry_after_s:g}s)"
         )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.reason, self.level, self.priority, self.retry_after_s,
+                             self.task_name))
 
 
 class BrokerUnavailable(SluiceError):

@@ -3,6 +3,7 @@ drain on SIGTERM, garbage on the queues, expired jobs."""
 
 from __future__ import annotations
 
+import json
 import signal
 
 import pytest
@@ -90,11 +91,13 @@ def test_exhausted_retries_are_one_dead_letter_with_the_attempt_count(
 
 def test_secret_payload_fields_are_masked_in_the_dead_letter(sluice_env: Env,
                                                             processes: Processes) -> None:
-    from producers.api import mask_secrets
-    from workers.tasks.email import Email
-
-    masked = mask_secrets(Email, {"to": "a@b.io", "subject": "s", "smtp_password": "hunter2"})
-    assert masked["smtp_password"] == "***" and masked["to"] == "a@b.io"
+    worker = processes.worker()
+    stock_apply("email.send", {"to": "not-an-address", "subject": "s",
+                               "smtp_password": "hunter2-secret"}, task_id="secret-1")
+    [row] = wait_for(lambda: _dead("secret-1"), what="dead letter")
+    assert row.payload == {"to": "not-an-address", "subject": "s", "smtp_password": "***"}
+    assert "hunter2-secret" not in json.dumps(row.as_dict(), default=str)
+    assert "hunter2-secret" not in worker.output()
 
 
 def test_invalid_payload_in_the_message_is_dead_lettered(sluice_env: Env,

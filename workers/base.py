@@ -16,7 +16,7 @@ from celery import Task
 from pydantic import BaseModel
 
 from dlq.recorder import get_recorder
-from producers.api import mask_secrets
+from producers.api import mask_secrets, validate_payload
 from sluice import keys
 from sluice.app import app
 from sluice.connections import redis_client
@@ -41,7 +41,7 @@ class SluiceTask(Task):
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         raw = args[0] if args else kwargs
         assert self.payload_model is not None
-        payload = self.payload_model.model_validate(raw)  # ValidationError: permanent
+        payload = validate_payload(self.name, self.payload_model, raw)  # permanent if invalid
         key = getattr(self.request, "sluice_key", None)
         if key and redis_client().exists(keys.done(key)):
             log.info("%s %s skipped: idempotency key %r already completed",

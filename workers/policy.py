@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from pydantic import ValidationError
 
-from sluice.errors import PermanentError
+from sluice.errors import InvalidPayload, PermanentError
 from sluice.priorities import Priority
 
 __all__ = ["RetryPolicy", "policy_for", "failure_reason", "PERMANENT", "INVALID_PAYLOAD",
@@ -50,7 +50,7 @@ def failure_reason(exc: BaseException) -> tuple[str, bool]:
     """(reason, retryable) for a failure that reached the dead-letter store: transient
     errors that ran out of retries may be retried later by the DLQ retry job; permanent
     errors and invalid payloads never are."""
-    if isinstance(exc, ValidationError):
+    if isinstance(exc, (InvalidPayload, ValidationError)):
         return INVALID_PAYLOAD, False
     if isinstance(exc, PermanentError):
         return PERMANENT, False
