@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pybreaker
 import pytest
-import redis
 from sqlalchemy import create_engine
 
 from dlq.recorder import Recorder, SlowCallListener
@@ -22,7 +21,7 @@ from sluice import keys
 from sluice.errors import PendingMigrations, ReplayRefused
 from sluice.priorities import QUEUES, PressureLevel, Priority
 from sluice.settings import get_settings, load_settings
-from tests.conftest import Env, Processes, fresh_pg_database
+from tests.conftest import Env, Processes
 from tests.services import PostgresServer, wait_for
 from tests.test_dlq_store import rec
 
@@ -92,7 +91,6 @@ def own_postgres(redis_server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 
 def test_postgres_stopped_while_a_worker_dead_letters_100_jobs(own_postgres: Env) -> None:
     from producers import submit_many
-    from tests.conftest import Processes
 
     procs = Processes(own_postgres)
     try:

@@ -101,7 +101,7 @@ def test_a_retryable_dead_letter_is_replayed_at_growing_delays_then_exhausted(
 
     with store.engine.begin() as conn:
         conn.execute(update(DeadLetter).values(payload={"fail_times": 0}))
-    replays, now, fail_again = [], T0, T0
+    replays, now = [], T0
     while now < T0 + dt.timedelta(hours=25):
         now += MIN
         out = run_retry(now)

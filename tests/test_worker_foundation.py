@@ -54,8 +54,7 @@ def test_killed_worker_job_is_redelivered_and_completes(sluice_env: Env,
 
 
 def _pickled_message(queue: str, task_id: str) -> str:
-    import pickle  # noqa: S403  (the point: a message Sluice must refuse)
-
+    """A task message whose body is pickled: the kind Sluice must refuse."""
     body = ([{"event": "evil"}], {}, {"callbacks": None, "errbacks": None, "chain": None,
                                       "chord": None})
     content_type, encoding, data = serialize(body, serializer="pickle")

@@ -10,7 +10,7 @@ import pytest
 
 from dlq.spool import drain_spool
 from dlq.store import DeadLetterStore, Filters
-from producers import Priority, submit, submit_many
+from producers import Priority, submit
 from sluice import keys
 from sluice.connections import redis_client
 from sluice.settings import get_settings

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from dlq.spool import drain_spool
 from dlq.store import DeadLetterStore
-from producers import InvalidPayload, Rejected, UnknownTask, default_producer, submit
+from producers import InvalidPayload, UnknownTask, submit
 from sluice.errors import ConfigError, SluiceError
 from sluice.settings import get_settings, load_settings
 from tests.chaos.conftest import FAST_RESTORE, Load, completed, duration
