@@ -21,7 +21,7 @@ import yaml
 from sluice.embedded import free_port
 from sluice.settings import Settings
 from tests.conftest import Env, Processes
-from tests.services import ROOT, wait_for
+from tests.services import ROOT, stop_process, wait_for
 
 SPEC = ROOT / ".venv" / "compose_spec.json"
 
@@ -101,8 +101,7 @@ def test_flower_from_the_procfile_requires_credentials(sluice_env: Env) -> None:
         assert _get(f"http://127.0.0.1:{port}/", "ops:wrong") == 401
         assert _get(f"http://127.0.0.1:{port}/", "ops:s3cret") == 200
     finally:
-        proc.terminate()
-        proc.wait(20)
+        stop_process(proc, timeout=10)  # Flower can take long to stop: SIGKILL after 10 s
 
 
 def test_flower_refuses_a_public_binding_without_credentials(sluice_env: Env) -> None:
@@ -143,8 +142,7 @@ def test_metrics_endpoint_shows_each_metric(sluice_env: Env, processes: Processe
                                                        timeout=5).read().decode(),
                         timeout=30, what="metrics endpoint")
     finally:
-        proc.terminate()
-        proc.wait(20)
+        stop_process(proc, timeout=10)
     assert _metric(text, "sluice_pressure_level") == 1.0
     assert _metric(text, "sluice_queue_depth", '{queue="normal"}') == 600
     assert _metric(text, "sluice_queue_depth", '{queue="critical"}') == 0
