@@ -90,14 +90,18 @@ def aof_redis(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # noqa: ANN201
 def test_redis_restarted_during_load_loses_no_accepted_job(aof_redis: Env, load: Load) -> None:
     procs = Processes(aof_redis)
     try:
-        procs.worker(concurrency=2, **FAST_RESTORE)
+        procs.beat(**RECONCILE_FAST)
+        procs.worker(concurrency=2, **FAST_RESTORE, **RECONCILE_FAST)
         load.run(duration(12))
         time.sleep(duration(12) / 3)  # let the load run before the outage
         aof_redis.redis.stop()
         time.sleep(2)  # the outage
         aof_redis.redis.start()
         load.wait()
-        wait_for(lambda: _all_done(load), timeout=90, what="every accepted job completed")
+        try:
+            wait_for(lambda: _all_done(load), timeout=90, what="every accepted job completed")
+        except TimeoutError:
+            raise AssertionError(_where(aof_redis, load)) from None
         assert {r.reason for r in load.rejected} <= {"BROKER_UNAVAILABLE"}
         assert load.rejected, "the outage refused some non-CRITICAL submissions"
         assert set(completed()) == load.accepted
@@ -136,13 +140,17 @@ def test_postgres_down_while_jobs_fail_every_dead_letter_arrives(
 def test_two_worker_hosts_one_stopped_mid_run_the_other_finishes(sluice_env: Env,
                                                                  processes: Processes,
                                                                  load: Load) -> None:
-    host_a = processes.worker(concurrency=1, name="a@host-a", **FAST_RESTORE)
-    processes.worker(concurrency=1, name="b@host-b", **FAST_RESTORE)
+    processes.beat(**RECONCILE_FAST)  # re-sends a job lost in flight with host a
+    host_a = processes.worker(concurrency=1, name="a@host-a", **FAST_RESTORE, **RECONCILE_FAST)
+    processes.worker(concurrency=1, name="b@host-b", **FAST_RESTORE, **RECONCILE_FAST)
     load.run(duration(8))
     time.sleep(duration(8) / 2)
     host_a.kill()
     load.wait()
-    wait_for(lambda: _all_done(load), timeout=60, what="host b finished the work")
+    try:
+        wait_for(lambda: _all_done(load), timeout=60, what="host b finished the work")
+    except TimeoutError:
+        raise AssertionError(_where(sluice_env, load)) from None
     assert set(completed()) == load.accepted
     pids = {r["pid"] for r in __import__("workers.effects", fromlist=["read"]).read("audit")}
     assert len(pids) >= 2  # both hosts did work before one was stopped
