@@ -20,6 +20,9 @@ sys.path.insert(0, str(ROOT))
 from sluice.embedded import EmbeddedRedis  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
+#: Thresholds far above any benchmark's depth: the gate stays at NORMAL while nothing drains.
+GATE_OPEN = {"pressure_warning": "10000000", "pressure_critical": "20000000",
+             "pressure_shed": "30000000"}
 
 
 def machine() -> dict[str, Any]:

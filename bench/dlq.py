@@ -12,7 +12,8 @@ import argparse
 import time
 from typing import Any
 
-from _common import bench_env, print_table, redis_server, temp_dir, use_env, write_json
+from _common import (GATE_OPEN, bench_env, print_table, redis_server, temp_dir, use_env,
+                     write_json)
 
 
 def records(n: int, prefix: str) -> list[Any]:
@@ -64,8 +65,7 @@ def main() -> None:
 
     tmp = temp_dir("sluice-bench-dlq-")
     server = redis_server(tmp)
-    use_env(bench_env(server.url, tmp, pressure_warning="10000000",
-                      pressure_critical="20000000", pressure_shed="30000000"))
+    use_env(bench_env(server.url, tmp, **GATE_OPEN))
     pg = PostgresServer().start()
     try:
         pg.execute("CREATE DATABASE bench")

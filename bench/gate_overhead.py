@@ -15,7 +15,7 @@ import argparse
 import time
 from typing import Any
 
-from _common import (bench_env, print_table, redis_server, temp_dir, use_env,  # noqa: I001
+from _common import (GATE_OPEN, bench_env, print_table, redis_server, temp_dir, use_env,
                      write_json)
 
 PAYLOAD = {"submitted_at": 0.0, "priority": "NORMAL", "sleep_s": 0.0, "tid": ""}
@@ -35,9 +35,7 @@ def main() -> None:
     args = ap.parse_args()
     tmp = temp_dir("sluice-bench-gate-")
     server = redis_server(tmp)
-    # thresholds far above n: the gate stays at NORMAL while nothing drains the queues
-    use_env(bench_env(server.url, tmp, pressure_warning="10000000",
-                      pressure_critical="20000000", pressure_shed="30000000"))
+    use_env(bench_env(server.url, tmp, **GATE_OPEN))
     try:
         result = measure(server, args.n, args.rounds)
     finally:

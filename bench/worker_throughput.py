@@ -15,8 +15,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from _common import (bench_env, print_table, redis_server, start_worker, stop, temp_dir,
-                     use_env, wait_until, write_json)
+from _common import (GATE_OPEN, bench_env, print_table, redis_server, start_worker, stop,
+                     temp_dir, use_env, wait_until, write_json)
 
 APPS = {"sluice": ("sluice.app", ["-I", "bench.tasks"]), "plain": ("bench.tasks:plain", [])}
 
@@ -50,8 +50,7 @@ def main() -> None:
     args = ap.parse_args()
     tmp = temp_dir("sluice-bench-worker-")
     server = redis_server(tmp)
-    env = bench_env(server.url, tmp, pressure_warning="10000000",
-                    pressure_critical="20000000", pressure_shed="30000000")
+    env = bench_env(server.url, tmp, **GATE_OPEN)
     use_env(env)
     from dlq.migrate import upgrade
 
