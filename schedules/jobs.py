@@ -15,6 +15,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from redis.exceptions import LockError
+
 from dlq.models import Status
 from dlq.recorder import get_recorder
 from dlq.replay import replay_one
@@ -70,8 +72,7 @@ def run_reconcile(now: dt.datetime) -> dict[str, Any]:
     """Drain the dead-letter spool, flush the CRITICAL outbox, re-send jobs lost in flight,
     report stuck jobs."""
     settings, client = get_settings(), redis_client()
-    with client.lock(keys.DRAIN_LOCK, timeout=300, blocking_timeout=30):
-        drained = drain_spool(_store(), client, settings.spool_path)
+    drained = _drain(client, settings.spool_path)
     flushed = default_producer().flush_outbox()
     resent = ledger.recover_lost(client, now.timestamp(), settings.ledger_grace_seconds,
                                  settings.ledger_confirm_seconds)
@@ -80,6 +81,22 @@ def run_reconcile(now: dt.datetime) -> dict[str, Any]:
         log.warning("stuck jobs: %d past their time limit, %d reserved past the visibility "
                     "timeout", stuck["over_time_limit"], stuck["over_visibility"])
     return {"drained": drained, "outbox_sent": flushed, "lost_resent": resent, **stuck}
+
+
+def _drain(client: Any, spool_path: Any) -> int | None:
+    """Drain the spools unless another drain holds the lock (None then): a drain killed
+    mid-way holds it until it times out, and must not stop the other reconcile steps."""
+    lock = client.lock(keys.DRAIN_LOCK, timeout=60)
+    if not lock.acquire(blocking=False):
+        log.info("spool drain skipped: another drain holds the lock")
+        return None
+    try:
+        return drain_spool(_store(), client, spool_path)
+    finally:
+        try:
+            lock.release()
+        except LockError:  # it outlived the lock timeout; drains are idempotent anyway
+            log.warning("spool drain outlived its lock")
 
 
 def stuck_report(now: float) -> dict[str, int]:

@@ -53,20 +53,14 @@ class SluiceTask(Task):
                                ex=get_settings().idempotency_ttl)
         return result
 
-    def effect_once(self, fn: Callable[[], Any]) -> bool:
-        """Run the side effect `fn` at most once per job, even across redeliveries.
+    @property
+    def effect_key(self) -> str:
+        """What a side effect is deduplicated by: the idempotency key, else the task id.
 
-        The claim is keyed by the idempotency key (or the task id) and taken just before the
-        effect, so a worker killed after the effect does not repeat it. Returns whether `fn`
-        ran now.
-        """
-        key = getattr(self.request, "sluice_key", None) or self.request.id
-        claim = keys.done(f"effect:{self.name}:{key}")
-        if not redis_client().set(claim, "1", nx=True, ex=get_settings().idempotency_ttl):
-            log.info("%s %s: effect already applied, skipped", self.name, self.request.id)
-            return False
-        fn()
-        return True
+        Redeliveries keep the task id, so an effect written to a sink that is idempotent by
+        this key (a unique constraint, `effects.put`) is applied once, whatever the timing of
+        a crash."""
+        return getattr(self.request, "sluice_key", None) or self.request.id or ""
 
     def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any,
                    einfo: Any) -> None:

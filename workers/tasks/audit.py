@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 
 from celery import current_task
@@ -10,6 +11,8 @@ from pydantic import BaseModel, Field
 from sluice.priorities import Priority
 from workers import effects
 from workers.base import sluice_task
+
+log = logging.getLogger("sluice.worker")
 
 
 class AuditRecord(BaseModel):
@@ -22,7 +25,9 @@ class AuditRecord(BaseModel):
 
 @sluice_task("audit.record", Priority.CRITICAL, AuditRecord)
 def record(payload: AuditRecord) -> None:
-    current_task.effect_once(lambda: effects.append("audit", {
+    applied = effects.put("audit", current_task.effect_key, {
         "task_id": current_task.request.id, "actor": payload.actor, "action": payload.action,
-        "target": payload.target}))
+        "target": payload.target})
+    if not applied:
+        log.info("audit.record %s: effect already applied, skipped", current_task.request.id)
     time.sleep(payload.linger_s)
