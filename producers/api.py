@@ -1,15 +1,17 @@
 """The producer API: validate, pass the gate, send. `submit`, `submit_many`, `submit_async`.
 
 A submission is planned in memory (task lookup, payload validation, kill switches, the gate's
-decision on the monitor's latest snapshot), then sent with one LPUSH, or a batch with one
-pipeline. The only extra round trip is the idempotency claim, and only when a key is given.
+decision on the monitor's latest snapshot), then sent with one atomic script call
+(`producers.sending`: idempotency claim, LPUSH and ledger together), or a batch with one
+pipeline. A send whose outcome is unknown (Redis stalled) is settled by a fence before the
+caller gets an answer, so a receipt or a rejection is always the truth.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -19,16 +21,17 @@ from typing import Any
 import redis
 from celery import Celery
 from kombu.utils.uuid import uuid
-from pydantic import BaseModel, SecretBytes, SecretStr, ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 
-from producers import killswitch, ledger
+from producers import killswitch
 from producers.monitor import PressureEvent, PressureMonitor
 from producers.outbox import OutboxEntry, add_to_outbox, flush_outbox
 from producers.pressure import BROKER_UNAVAILABLE, KILL_SWITCH, Decision, Thresholds, decide
+from producers.sending import Outcome, Outgoing, Sent, fence, is_not_sent, send_many
 from producers.wire import encode
-from sluice import keys
-from sluice.errors import InvalidPayload, Rejected, UnknownTask
+from sluice.errors import InvalidOption, OutcomeUnknown, Rejected, UnknownTask
+from sluice.message import (H_GENERATION, H_KEY, H_ORIGIN, H_PRIORITY, H_SUBMITTED, SECRET,
+                            mask_secrets, validate_payload)
 from sluice.priorities import PressureLevel, Priority
 from sluice.settings import Settings
 
@@ -37,13 +40,11 @@ __all__ = ["Receipt", "Plan", "Producer", "task_for", "validate_payload", "mask_
 
 log = logging.getLogger("sluice.producer")
 
-#: Header names carried by every Sluice message (read by the worker's task base).
-H_KEY, H_SUBMITTED, H_PRIORITY = "sluice_key", "sluice_submitted_at", "sluice_priority"
-#: On a replayed dead letter: the original task id, so a new failure updates the same row.
-H_ORIGIN = "sluice_origin"
+#: outbox-only header: the idempotency key to claim when the job is finally sent
+_IDEM = "_sluice_idempotency_key"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Receipt:
     """What an accepted submission returns."""
 
@@ -52,12 +53,12 @@ class Receipt:
     level: PressureLevel
     delayed_ms: int = 0
     duplicate: bool = False
-    outboxed: bool = False
+    outboxed: bool = False  #: kept in the durable outbox; sent once Redis answers
     task_name: str = ""
     priority: Priority = Priority.NORMAL
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Plan:
     """A validated submission that the gate let through, not yet sent."""
 
@@ -66,16 +67,26 @@ class Plan:
     priority: Priority
     level: PressureLevel
     decision: Decision
-    key: str | None
-    expires: float | None
-    countdown: float | None
+    key: str | None = None         #: idempotency key to claim
+    expires: float | None = None
+    countdown: float | None = None
     task_id: str = field(default_factory=uuid)
-    origin: str | None = None
-    printable: str | None = None  # argsrepr with secrets masked
+    origin: str | None = None      #: a replay's original task id
+    effect_key: str | None = None  #: what effects are keyed by (default: `key`)
+    generation: int = 0            #: n for the n-th replay
+    printable: str | None = None   #: argsrepr with secrets masked
 
     def headers(self) -> dict[str, Any]:
-        return {H_KEY: self.key, H_SUBMITTED: time.time(), H_PRIORITY: self.priority.name,
-                H_ORIGIN: self.origin}
+        return {H_KEY: self.effect_key or self.key, H_SUBMITTED: time.time(),
+                H_PRIORITY: self.priority.name, H_ORIGIN: self.origin,
+                H_GENERATION: self.generation}
+
+    def receipt(self, **changes: Any) -> Receipt:
+        values: dict[str, Any] = dict(
+            task_id=self.task_id, queue=self.priority.queue, level=self.level,
+            delayed_ms=self.decision.delay_ms, task_name=self.task_name,
+            priority=self.priority)
+        return Receipt(**(values | changes))
 
 
 def task_for(app: Celery, name: str) -> Any:
@@ -90,44 +101,19 @@ def task_for(app: Celery, name: str) -> Any:
     return task
 
 
-def validate_payload(task_name: str, model: type[BaseModel], payload: Any) -> BaseModel:
-    """The payload as `model`; InvalidPayload listing every bad field otherwise. The error
-    names fields and problems but never echoes the values (they may be secrets)."""
-    try:
-        return model.model_validate(payload)
-    except ValidationError as exc:
-        errors = [{"field": ".".join(str(p) for p in e["loc"]) or "(payload)",
-                   "message": e["msg"], "type": e["type"]}
-                  for e in exc.errors(include_input=False, include_url=False)]
-        raise InvalidPayload(task_name, errors) from None
-
-
-#: Mark a payload field secret with `Field(json_schema_extra=SECRET)` (or type it SecretStr).
-SECRET = {"secret": True}
-MASK = "***"
-
-
-def mask_secrets(model: type[BaseModel], payload: Any) -> Any:
-    """A copy of `payload` with every field the model marks secret replaced by `***`
-    (for dead-letter rows and the message's printable `argsrepr`)."""
-    secret = _secret_fields(model)
-    if not secret or not isinstance(payload, dict) or not secret & payload.keys():
-        return payload
-    return {k: MASK if k in secret else v for k, v in payload.items()}
-
-
-@functools.cache
-def _secret_fields(model: type[BaseModel]) -> frozenset[str]:
-    """Names (and aliases) of the fields of `model` marked secret."""
-    names: set[str] = set()
-    for name, info in model.model_fields.items():
-        extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
-        if info.annotation in _SECRET_TYPES or extra.get("secret"):
-            names |= {name, info.alias or name}
-    return frozenset(names)
-
-
-_SECRET_TYPES = (SecretStr, SecretBytes, SecretStr | None, SecretBytes | None)
+def check_countdown(countdown: float | None, task: Any, settings: Settings) -> None:
+    """A job held for its countdown longer than the visibility timeout is handed out again
+    by Redis and runs twice: refuse such a countdown, naming the limit."""
+    if countdown is None:
+        return
+    limit = settings.visibility_timeout - (getattr(task, "time_limit", None)
+                                           or settings.task_time_limit)
+    if not math.isfinite(countdown) or countdown < 0 or countdown >= limit:
+        raise InvalidOption(
+            f"countdown {countdown:g}s for {task.name!r} is out of range: it must be >= 0 and "
+            f"below {max(limit, 0)}s (SLUICE_VISIBILITY_TIMEOUT {settings.visibility_timeout}s "
+            f"minus the task's time limit), or Redis redelivers the job while it waits. "
+            "Schedule longer delays with a beat schedule instead.")
 
 
 class Producer:
@@ -139,9 +125,8 @@ class Producer:
         self.settings = settings
         self.client = client
         self.sleep = sleep
-        self.monitor = PressureMonitor(client, Thresholds(
-            settings.pressure_warning, settings.pressure_critical, settings.pressure_shed,
-            settings.pressure_margin, settings.pressure_dwell), settings.pressure_interval)
+        self.monitor = PressureMonitor(client, Thresholds.from_settings(settings),
+                                       settings.pressure_interval)
         self.monitor.hooks.append(self._on_pressure_change)
         self._start_lock = threading.Lock()
         self._broker_was_down = False
@@ -160,36 +145,16 @@ class Producer:
     def submit(self, task_name: str, payload: Any, *, priority: Priority | str | None = None,
                idempotency_key: str | None = None, countdown: float | None = None,
                expires: float | None = None) -> Receipt:
-        """Submit one job; raises Rejected, InvalidPayload or UnknownTask."""
+        """Submit one job; raises Rejected, InvalidPayload, InvalidOption or UnknownTask."""
         plan = self.plan(task_name, payload, priority, idempotency_key, expires, countdown)
         return self.execute(plan)
 
     def execute(self, plan: Plan) -> Receipt:
-        """Send a planned submission: idempotency claim, the gate's delay, then the LPUSH."""
-        first = self._claim(plan)
-        if first is not None:
-            return self._duplicate(plan, first)
+        """Send a planned submission: the gate's delay, then the send. Nothing is claimed
+        before the send, so an interrupted submission leaves nothing behind."""
         if plan.decision.delay_ms:
             self.sleep(plan.decision.delay_ms / 1000)
-        return self._send_or_release(plan)
-
-    def _send_or_release(self, plan: Plan) -> Receipt:
-        """Send; if the job could not be sent, give its idempotency key back (best effort),
-        so that a retry with the same key is not taken for a duplicate."""
-        try:
-            return self._send(plan)
-        except Rejected:
-            if plan.key is not None:
-                self._release(plan.key, plan.task_id)
-            raise
-
-    def _release(self, key: str, task_id: str) -> None:
-        try:
-            name = keys.idempotency(key)
-            if self.client.get(name) == task_id.encode():
-                self.client.delete(name)
-        except redis.RedisError:
-            log.warning("idempotency key %r stays claimed for a job that was not sent", key)
+        return self._send(plan)
 
     def submit_many(self, task_name: str, payloads: Sequence[Any], *,
                     priority: Priority | str | None = None,
@@ -199,6 +164,8 @@ class Producer:
         Every payload is validated first: one invalid payload raises InvalidPayload (naming
         the item) and nothing is enqueued. A shed item never raises.
         """
+        from sluice.errors import InvalidPayload
+
         plans: list[Plan | Rejected] = []
         for index, payload in enumerate(payloads):
             try:
@@ -219,27 +186,25 @@ class Producer:
                            priority: Priority | str | None = None,
                            idempotency_key: str | None = None, countdown: float | None = None,
                            expires: float | None = None) -> Receipt:
-        """`submit` for asyncio: the delay is awaited, the I/O runs in a worker thread."""
+        """`submit` for asyncio: the delay is awaited, the I/O runs in a worker thread.
+        Cancelled during the delay, it has sent and claimed nothing."""
         plan = self.plan(task_name, payload, priority, idempotency_key, expires, countdown)
-        first = await asyncio.to_thread(self._claim, plan)
-        if first is not None:
-            return self._duplicate(plan, first)
         if plan.decision.delay_ms:
             await asyncio.sleep(plan.decision.delay_ms / 1000)
-        return await asyncio.to_thread(self._send_or_release, plan)
+        return await asyncio.to_thread(self._send, plan)
 
     # -- planning (in memory) ----------------------------------------------------------
 
     def plan(self, task_name: str, payload: Any, priority: Priority | str | None,
              key: str | None = None, expires: float | None = None,
-             countdown: float | None = None, origin: str | None = None) -> Plan:
+             countdown: float | None = None, origin: str | None = None, *,
+             effect_key: str | None = None, generation: int = 0) -> Plan:
         """Validate and pass the gate without any I/O; raises Rejected when shed."""
         task = task_for(self.app, task_name)
         prio = Priority.parse(priority) if priority is not None else task.sluice_priority
         validate_payload(task_name, task.payload_model, payload)
-        if not self.monitor.running:
-            self.start()
-        snap = self.monitor.snapshot
+        check_countdown(countdown, task, self.settings)
+        snap = self.monitor.current()
         blocked = killswitch.blocking_switch(snap.killswitches, task_name, prio)
         if blocked is not None:
             self.monitor.count(f"{prio.name}:killed")
@@ -251,112 +216,116 @@ class Producer:
                            task_name)
         if expires is None:
             expires = self.settings.expires_for(prio)
-        return Plan(task_name, payload, prio, snap.level, decision, key, expires, countdown,
-                     origin=origin, printable=repr([mask_secrets(task.payload_model, payload)]))
+        return Plan(task_name=task_name, payload=payload, priority=prio, level=snap.level,
+                    decision=decision, key=key, expires=expires, countdown=countdown,
+                    origin=origin, effect_key=effect_key, generation=generation,
+                    printable=repr([mask_secrets(task.payload_model, payload)]))
 
     # -- I/O ---------------------------------------------------------------------------
 
-    def _claim(self, plan: Plan) -> str | None:
-        """Claim the idempotency key; returns the first task id if it was already taken."""
-        if plan.key is None or plan.level is PressureLevel.UNKNOWN:
-            return None
-        name = keys.idempotency(plan.key)
-        try:
-            if self.client.set(name, plan.task_id, nx=True, ex=self.settings.idempotency_ttl):
-                return None
-            first = self.client.get(name)
-        except redis.RedisError:
-            return None  # the send will fail too and take the broker-down path
-        return first.decode() if first else None
-
-    def _duplicate(self, plan: Plan, first: str) -> Receipt:
-        self.monitor.count(f"{plan.priority.name}:duplicate")
-        return Receipt(first, plan.priority.queue, plan.level, 0, True, False, plan.task_name,
-                       plan.priority)
-
-    def _message(self, plan: Plan) -> str:
-        return encode(self.app, plan.task_id, plan.task_name, plan.payload, plan.priority.queue,
-                      plan.headers(), plan.expires, plan.countdown, plan.printable)
+    def _outgoing(self, plan: Plan) -> Outgoing:
+        message = encode(self.app, plan.task_id, plan.task_name, plan.payload,
+                         plan.priority.queue, plan.headers(), plan.expires, plan.countdown,
+                         plan.printable)
+        return Outgoing(task_id=plan.task_id, queue=plan.priority.queue, message=message,
+                        idempotency_key=plan.key)
 
     def _send(self, plan: Plan) -> Receipt:
         if plan.level is PressureLevel.UNKNOWN:
             return self._outbox(plan)
         try:
-            self._push([plan])
-        except redis.RedisError:
-            return self._broker_down(plan)
-        return self._accepted(plan)
-
-    def _push(self, plans: list[Plan]) -> None:
-        """LPUSH each message and write them all to the ledger: one pipeline."""
-        pipe = self.client.pipeline(transaction=False)
-        sent = []
-        for plan in plans:
-            message = self._message(plan)
-            pipe.lpush(plan.priority.queue, message)
-            sent.append((plan.task_id, plan.priority.queue, message))
-        ledger.record(pipe, sent, time.time())
-        pipe.execute()
+            [sent] = send_many(self.client, [self._outgoing(plan)],
+                               idempotency_ttl=self.settings.idempotency_ttl)
+        except redis.RedisError as exc:
+            return self._undecided(plan, exc)
+        return self._settled(plan, sent)
 
     def _send_batch(self, plans: list[Plan]) -> list[Receipt | Rejected]:
         if not plans:
             return []
         if plans[0].level is PressureLevel.UNKNOWN:  # one snapshot level for the batch
-            return [self._broker_down_item(p) for p in plans]
+            return [_or_rejected(self._outbox, p) for p in plans]
         try:
-            self._push(plans)
-        except redis.RedisError:
-            return [self._broker_down_item(p) for p in plans]
-        return [self._accepted(p) for p in plans]
+            sent = send_many(self.client, [self._outgoing(p) for p in plans],
+                             idempotency_ttl=self.settings.idempotency_ttl)
+        except redis.RedisError as exc:
+            return [_or_rejected(lambda p: self._undecided(p, exc), p) for p in plans]
+        return [self._settled(p, s) for p, s in zip(plans, sent)]
 
-    def _accepted(self, plan: Plan) -> Receipt:
+    def _settled(self, plan: Plan, sent: Sent) -> Receipt:
+        if sent.outcome is Outcome.FENCED:  # only a task id reused after a fence
+            return self._not_sent(plan)
+        if sent.outcome is Outcome.DUPLICATE:
+            self.monitor.count(f"{plan.priority.name}:duplicate")
+            return plan.receipt(task_id=sent.first_task_id or "", delayed_ms=0, duplicate=True)
         outcome = "delayed" if plan.decision.delay_ms else "accepted"
         self.monitor.count(f"{plan.priority.name}:{outcome}")
-        return Receipt(plan.task_id, plan.priority.queue, plan.level, plan.decision.delay_ms,
-                       False, False, plan.task_name, plan.priority)
+        return plan.receipt()
 
-    def _broker_down_item(self, plan: Plan) -> Receipt | Rejected:
-        try:
-            return self._broker_down(plan)
-        except Rejected as rej:
-            return rej
+    def _undecided(self, plan: Plan, exc: redis.RedisError) -> Receipt:
+        """The send failed. If it never reached Redis, Redis is down: CRITICAL goes to the
+        outbox, anything else is refused. If it may have reached Redis, fence it: then it
+        either arrived (accepted) or never will (as if refused)."""
+        if not is_not_sent(exc):
+            arrived = self._fence(plan.task_id)
+            if arrived:
+                return self._settled(plan, Sent(outcome=Outcome.SENT))
+            if arrived is None:  # still unknown: only the outbox can make it certain
+                log.warning("send of %s %s undecided (%s): kept in the outbox", plan.task_name,
+                            plan.task_id, type(exc).__name__)
+                return self._outbox(plan, undecided=type(exc).__name__)
+        return self._not_sent(plan)
 
-    def _broker_down(self, plan: Plan) -> Receipt:
-        """Redis failed under us: CRITICAL goes to the outbox, anything else is refused."""
+    def _not_sent(self, plan: Plan) -> Receipt:
+        """Redis is down: CRITICAL goes to the outbox, anything else is refused."""
         if plan.priority is Priority.CRITICAL:
             return self._outbox(plan)
         self.monitor.count(f"{plan.priority.name}:shed")
         raise Rejected(BROKER_UNAVAILABLE, PressureLevel.UNKNOWN, plan.priority, 5.0,
                        plan.task_name)
 
-    def _outbox(self, plan: Plan) -> Receipt:
+    def _fence(self, task_id: str, attempts: int = 3) -> bool | None:
+        """True: the send arrived; False: it did not and never will; None: unknown."""
+        for _ in range(attempts):
+            try:
+                return fence(self.client, task_id)
+            except redis.RedisError as exc:
+                if is_not_sent(exc):
+                    return None
+        return None
+
+    def _outbox(self, plan: Plan, undecided: str = "") -> Receipt:
+        headers = plan.headers() | ({_IDEM: plan.key} if plan.key else {})
         try:
             add_to_outbox(plan.task_id, plan.task_name, plan.priority.queue, plan.payload,
-                          plan.headers())
+                          headers)
         except SQLAlchemyError as exc:
-            log.error("CRITICAL job %s could not be stored in the outbox: %s", plan.task_id, exc)
+            log.error("job %s could not be stored in the outbox: %s", plan.task_id, exc)
+            if undecided:
+                raise OutcomeUnknown(plan.task_id, plan.task_name, undecided) from exc
             raise Rejected(BROKER_UNAVAILABLE, PressureLevel.UNKNOWN, plan.priority, 5.0,
                            plan.task_name) from exc
-        log.warning("Redis unreachable: CRITICAL %s %s kept in the outbox", plan.task_name,
-                    plan.task_id)
+        log.warning("Redis unreachable: %s %s %s kept in the outbox", plan.priority.name,
+                    plan.task_name, plan.task_id)
         self._broker_was_down = True  # flush when the monitor sees Redis again
         self.monitor.count(f"{plan.priority.name}:outboxed")
-        return Receipt(plan.task_id, plan.priority.queue, PressureLevel.UNKNOWN, 0, False,
-                       True, plan.task_name, plan.priority)
+        return plan.receipt(level=PressureLevel.UNKNOWN, outboxed=True)
 
     # -- outbox ------------------------------------------------------------------------
 
     def send_outboxed(self, entry: OutboxEntry) -> None:
-        """Send one outbox entry with its original task id (used by `flush_outbox`)."""
+        """Send one outbox entry with its original task id (used by `flush_outbox`), unless
+        the ledger shows that its first send did arrive."""
+        headers = dict(entry.headers or {})
+        key = headers.pop(_IDEM, None)
         message = encode(self.app, entry.task_id, entry.task_name, entry.payload, entry.queue,
-                         dict(entry.headers or {}))
-        pipe = self.client.pipeline(transaction=False)
-        pipe.lpush(entry.queue, message)
-        ledger.record(pipe, [(entry.task_id, entry.queue, message)], time.time())
-        pipe.execute()
+                         headers)
+        send_many(self.client, [Outgoing(task_id=entry.task_id, queue=entry.queue,
+                                         message=message, idempotency_key=key)],
+                  idempotency_ttl=self.settings.idempotency_ttl, flush=True)
 
     def flush_outbox(self) -> int:
-        """Send every CRITICAL job waiting in the outbox; returns how many."""
+        """Send every job waiting in the outbox; returns how many."""
         return flush_outbox(self.send_outboxed)
 
     def _on_pressure_change(self, event: PressureEvent) -> None:
@@ -366,5 +335,12 @@ class Producer:
             self._broker_was_down = False
             try:
                 self.flush_outbox()
-            except SQLAlchemyError as exc:
+            except (SQLAlchemyError, redis.RedisError) as exc:
                 log.warning("outbox flush deferred to reconcile: %s", type(exc).__name__)
+
+
+def _or_rejected(send: Callable[[Plan], Receipt], plan: Plan) -> Receipt | Rejected:
+    try:
+        return send(plan)
+    except Rejected as rej:
+        return rej

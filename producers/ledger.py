@@ -3,7 +3,7 @@
 kombu's Redis transport BRPOPs a message and only then records it in its unacked set; a
 worker that dies between the two (SIGKILL, power loss, the in-flight reply of celery #4354)
 loses that job, and nothing else knows it existed. So every accepted job is also written to
-the ledger, in the same pipeline as its LPUSH, and a worker forgets it as the job starts (by
+the ledger, in the same script call as its LPUSH (`producers.sending`), and a worker forgets it as the job starts (by
 then kombu holds it in unacked, which restores it if the worker dies). The reconcile job
 re-sends a ledger entry that is neither queued, nor reserved, nor started, once it has been
 seen missing twice, `confirm_s` apart: a job in flight is missing only for milliseconds.
@@ -16,24 +16,16 @@ import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
 
 import redis
 
 from sluice import keys
 from sluice.priorities import QUEUES
 
-__all__ = ["record", "forget", "LostVerdict", "judge", "recover_lost"]
+__all__ = ["forget", "LostVerdict", "judge", "recover_lost", "survey", "resend", "Survey",
+           "KEEP_STARTED_S"]
 
 log = logging.getLogger("sluice.ledger")
-
-
-def record(pipe: Any, sent: list[tuple[str, str, str]], now: float) -> None:
-    """Add the ledger writes for sent jobs, `(task_id, queue, message)`, to `pipe` (the
-    pipeline that LPUSHes them): two commands whatever the batch size."""
-    if sent:
-        pipe.hset(keys.LEDGER, mapping={t: f"{q}\n{m}" for t, q, m in sent})  # no re-encoding
-        pipe.zadd(keys.LEDGER_AT, {t: now for t, _, _ in sent})
 
 
 def forget(client: redis.Redis, task_ids: Iterable[str]) -> None:
@@ -95,22 +87,51 @@ def _message_id(raw: bytes | str) -> str:
         return ""  # not a message (garbage is the consumer's business)
 
 
+#: Entries of started jobs stay in the time index this long after their grace, so that a
+#: fence (`producers.sending`) settling an undecided send still finds the evidence.
+KEEP_STARTED_S = 120.0
+
+#: Re-send one lost job only if its index score is still the one this run judged: two
+#: reconcile runs at once then re-send it once, not twice.
+_RESEND = """
+if redis.call('ZSCORE', KEYS[2], ARGV[1]) ~= ARGV[2] then return 0 end
+local raw = redis.call('HGET', KEYS[1], ARGV[1])
+if not raw then return 0 end
+local sep = string.find(raw, '\\n', 1, true)
+redis.call('LPUSH', string.sub(raw, 1, sep - 1), string.sub(raw, sep + 1))
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
+return 1
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Survey:
+    """What one reconcile run found: lost jobs to re-send, with the index score it saw."""
+
+    resend: dict[str, str]
+
+
 def recover_lost(client: redis.Redis, now: float | None = None, grace_s: float = 30.0,
                  confirm_s: float = 5.0, limit: int = 50_000) -> int:
-    """Re-send accepted jobs that vanished; returns how many were re-sent.
-
-    Examines (at most `limit`) index entries older than `grace_s`: those of started jobs are
-    dropped from the index; the queues and the unacked set are scanned only when some old
-    entry is still in the ledger.
-    """
+    """Re-send accepted jobs that vanished; returns how many were re-sent."""
     now = time.time() if now is None else now
-    old = [t.decode() for t in client.zrangebyscore(keys.LEDGER_AT, "-inf", now - grace_s,
-                                                    start=0, num=limit)]
-    if not old:
+    return resend(client, survey(client, now, grace_s, confirm_s, limit), now)
+
+
+def survey(client: redis.Redis, now: float, grace_s: float, confirm_s: float,
+           limit: int = 50_000) -> Survey:
+    """Judge (at most `limit`) index entries older than `grace_s`. Those of started jobs
+    are dropped from the index (`KEEP_STARTED_S` later); the queues and the unacked set are
+    scanned only when some old entry is still in the ledger."""
+    scored = client.zrangebyscore(keys.LEDGER_AT, "-inf", now - grace_s, start=0, num=limit,
+                                  withscores=True, score_cast_func=bytes)
+    if not scored:
         client.delete(keys.LEDGER_SUSPECTS)
-        return 0
-    entries = dict(zip(old, client.hmget(keys.LEDGER, old)))
-    started = [t for t, raw in entries.items() if raw is None]  # forgotten: index only
+        return Survey({})
+    scores = {t.decode(): s.decode() for t, s in scored}
+    entries = dict(zip(scores, client.hmget(keys.LEDGER, list(scores))))
+    started = [t for t, raw in entries.items()
+               if raw is None and float(scores[t]) < now - grace_s - KEEP_STARTED_S]
     old = [t for t, raw in entries.items() if raw is not None]
     present = _ids_in_queues(client) | _ids_reserved(client) if old else set()
     suspects = {k.decode(): float(v) for k, v in client.hgetall(keys.LEDGER_SUSPECTS).items()}
@@ -121,16 +142,20 @@ def recover_lost(client: redis.Redis, now: float | None = None, grace_s: float =
     pipe.delete(keys.LEDGER_SUSPECTS)
     if verdict.suspects:
         pipe.hset(keys.LEDGER_SUSPECTS, mapping=verdict.suspects)
-    resent = 0
-    for task_id, raw in zip(verdict.resend, client.hmget(keys.LEDGER, list(verdict.resend))
-                            if verdict.resend else []):
-        if raw is None:
-            continue  # it started meanwhile
-        queue, _, message = raw.decode().partition("\n")
-        pipe.lpush(queue, message)
-        pipe.zadd(keys.LEDGER_AT, {task_id: now})
-        log.error("accepted job %s was lost in flight (a worker died holding it): re-sent "
-                  "to %s", task_id, queue)
-        resent += 1
     pipe.execute()
+    return Survey({t: scores[t] for t in sorted(verdict.resend)})
+
+
+def resend(client: redis.Redis, found: Survey, now: float) -> int:
+    """Re-send each lost job of `found` unless another run re-sent it (or it started) since
+    that survey; returns how many this call re-sent."""
+    if not found.resend:
+        return 0
+    script = client.register_script(_RESEND)
+    resent = 0
+    for task_id, score in found.resend.items():
+        if script(keys=[keys.LEDGER, keys.LEDGER_AT], args=[task_id, score, now]) == 1:
+            log.error("accepted job %s was lost in flight (a worker died holding it): "
+                      "re-sent", task_id)
+            resent += 1
     return resent

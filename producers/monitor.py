@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections
 import json
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -70,6 +71,8 @@ class PressureMonitor:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._pid = os.getpid()
+        self._tick_lock = threading.Lock()
 
     @property
     def level(self) -> PressureLevel:
@@ -77,7 +80,25 @@ class PressureMonitor:
 
     @property
     def running(self) -> bool:
-        return self._thread is not None
+        """Sampling in this process: a forked child inherits `_thread` but not the thread."""
+        return (self._thread is not None and self._pid == os.getpid()
+                and self._thread.is_alive())
+
+    @property
+    def stale_after(self) -> float:
+        """A snapshot older than this is not trusted (a stuck or dead sampler)."""
+        return max(4 * self.interval, 1.0)
+
+    def current(self, now: float | None = None) -> Snapshot:
+        """The snapshot to decide on: started on first use (again in a forked child), and
+        resampled here and now when the sampler has fallen behind, so a stale view can never
+        let work through that the queues no longer have room for."""
+        if not self.running:
+            self.start()
+        now = self.clock() if now is None else now
+        if now - self.snapshot.at > self.stale_after:
+            return self.tick(now)
+        return self.snapshot
 
     def count(self, field_name: str, n: int = 1) -> None:
         """Add to a shared submission counter; flushed to Redis on the next tick."""
@@ -86,7 +107,14 @@ class PressureMonitor:
 
     def tick(self, now: float | None = None) -> Snapshot:
         """Sample once (one round trip) and update the level; emits events on change."""
-        now = self.clock() if now is None else now
+        with self._tick_lock:
+            old = self.snapshot.level
+            snap = self._tick(self.clock() if now is None else now)
+        if snap.level is not old:  # outside the lock: a slow subscriber delays no sample
+            self._emit(PressureEvent(old, snap.level, snap.depth, snap.at))
+        return snap
+
+    def _tick(self, now: float) -> Snapshot:
         with self._lock:
             counts, self._counts = self._counts, collections.Counter()
         try:
@@ -121,18 +149,17 @@ class PressureMonitor:
             self._counts.update(counts)
 
     def _set(self, snap: Snapshot) -> Snapshot:
-        old = self.snapshot.level
         self.snapshot = snap
         if snap.level is PressureLevel.UNKNOWN:
             self._state = None
-        if snap.level is not old:
-            event = PressureEvent(old, snap.level, snap.depth, snap.at)
-            for hook in list(self.hooks):
-                try:
-                    hook(event)
-                except Exception:  # a subscriber's bug must not stop the monitor
-                    log.exception("pressure hook %r failed", hook)
         return snap
+
+    def _emit(self, event: PressureEvent) -> None:
+        for hook in list(self.hooks):
+            try:
+                hook(event)
+            except Exception:  # a subscriber's bug must not stop the monitor
+                log.exception("pressure hook %r failed", hook)
 
     def _log(self, event: PressureEvent) -> None:
         first = event.old is PressureLevel.UNKNOWN and event.new is PressureLevel.NORMAL
@@ -149,8 +176,12 @@ class PressureMonitor:
 
     def start(self) -> None:
         """Take a first sample now, then keep sampling in a daemon thread."""
-        if self._thread is not None:
+        if self.running:
             return
+        if self._pid != os.getpid():  # a forked child: its own locks, counters and thread
+            self._pid, self._lock, self._tick_lock = os.getpid(), threading.Lock(), \
+                threading.Lock()
+            self._counts, self._stop = collections.Counter(), threading.Event()
         self.tick()
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="sluice-pressure", daemon=True)
@@ -166,7 +197,7 @@ class PressureMonitor:
     def stop(self) -> None:
         """Stop sampling and flush the counters one last time."""
         self._stop.set()
-        if self._thread is not None:
+        if self.running and self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None
         self.tick()

@@ -8,6 +8,7 @@ after depth has stayed below the level's threshold minus a margin for a dwell ti
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from sluice.priorities import PressureLevel, Priority
 
@@ -31,6 +32,13 @@ class Thresholds:
     shed: int = 5000
     margin: float = 0.10
     dwell: float = 2.0
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> Thresholds:
+        """The thresholds a `sluice.settings.Settings` describes (the one place they are
+        built from settings)."""
+        return cls(settings.pressure_warning, settings.pressure_critical,
+                   settings.pressure_shed, settings.pressure_margin, settings.pressure_dwell)
 
     def entry(self, level: PressureLevel) -> int:
         """The depth at which `level` is entered."""

@@ -7,6 +7,7 @@ outcome, retries by task) are exported as they are, so one endpoint shows every 
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -21,6 +22,7 @@ from dlq.store import DeadLetterStore
 from producers.outbox import outbox_size
 from sluice import keys
 from sluice.connections import redis_client
+from sluice.message import H_SUBMITTED
 from sluice.priorities import QUEUES, PressureLevel
 from sluice.settings import get_settings
 
@@ -34,11 +36,11 @@ def oldest_age(client: redis.Redis, queue: str, now: float) -> float:
     raw = client.lindex(queue, -1)
     if not raw:
         return 0.0
-    try:
-        submitted = json.loads(raw)["headers"].get("sluice_submitted_at")
+    try:  # any item may be garbage: one bad message must not break every scrape
+        submitted = float(json.loads(raw)["headers"][H_SUBMITTED])
     except (ValueError, KeyError, TypeError, AttributeError):
         return 0.0
-    return max(0.0, now - float(submitted)) if submitted else 0.0
+    return max(0.0, now - submitted) if math.isfinite(submitted) else 0.0
 
 
 class SluiceCollector(Collector):
@@ -91,8 +93,7 @@ class SluiceCollector(Collector):
         if name not in PressureLevel.__members__:
             from producers.pressure import Thresholds, raw_level
 
-            s = get_settings()
-            name = raw_level(depth, Thresholds(*s.thresholds)).name
+            name = raw_level(depth, Thresholds.from_settings(get_settings())).name
         return GaugeMetricFamily("sluice_pressure_level",
                                  "Pressure level: 0 NORMAL, 1 WARNING, 2 CRITICAL, 3 SHED, 9 UNKNOWN",
                                  value=PressureLevel[name].value)

@@ -7,6 +7,8 @@ import ssl
 from typing import Any
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import DeclarativeBase, sessionmaker, Session
 
@@ -37,6 +39,9 @@ def redis_client(url: str | None = None) -> redis.Redis:
         socket_timeout=settings.redis_socket_timeout,
         socket_connect_timeout=settings.redis_socket_timeout,
         health_check_interval=30,
+        # no silent retries: a retried send that had arrived is a duplicate job, and the
+        # callers (gate, send, reconcile) each know better what a failure means
+        retry=Retry(NoBackoff(), 0),
     )
 
 

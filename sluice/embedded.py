@@ -39,11 +39,12 @@ class EmbeddedRedis:
     """A redis-server process we own."""
 
     def __init__(self, directory: Path, port: int | None = None, appendonly: bool = False,
-                 password: str | None = None) -> None:
+                 password: str | None = None, extra_args: tuple[str, ...] = ()) -> None:
         self.dir = Path(directory)
         self.port = port or free_port()
         self.appendonly = appendonly
         self.password = password
+        self.extra_args = extra_args
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -64,6 +65,7 @@ class EmbeddedRedis:
             args += ["--appendonly", "yes", "--appendfsync", "always"]
         if self.password:
             args += ["--requirepass", self.password]
+        args += list(self.extra_args)
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -21,6 +21,8 @@ __all__ = [
     "NotFound",
     "ReplayRefused",
     "PermanentError",
+    "InvalidOption",
+    "OutcomeUnknown",
 ]
 
 
@@ -114,3 +116,24 @@ class ReplayRefused(SluiceError):
 
 class PermanentError(SluiceError):
     """A failure that retrying cannot fix: the job goes straight to the dead-letter store."""
+
+
+class InvalidOption(SluiceError, ValueError):
+    """A submission option (countdown, expiry, ...) is out of range; nothing was enqueued."""
+
+
+class OutcomeUnknown(SluiceError):
+    """Redis did not answer and the job could not be kept anywhere else: it may or may not
+    be queued (at most once: it can never be queued twice under its task id)."""
+
+    def __init__(self, task_id: str, task_name: str = "", detail: str = "") -> None:
+        self.task_id = task_id
+        self.task_name = task_name
+        self.detail = detail
+        super().__init__(
+            f"{task_name or 'job'} {task_id}: Redis did not answer ({detail or 'timeout'}) "
+            "and the outbox is unavailable: the job may or may not be queued, never twice. "
+            "Resubmit with the same idempotency_key to be sure it runs once.")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.task_id, self.task_name, self.detail))

@@ -35,6 +35,13 @@ class DeadLetterRecord:
     last_failed_at: float = field(default_factory=time.time)
     reason: str = "EXHAUSTED"
     retryable: bool = True
+    #: the original payload, encrypted (`sluice.sealed`), when `payload` has masked secrets
+    sealed: str | None = None
+    #: what the job's side effects are keyed by (its idempotency key, else its first task id)
+    effect_key: str | None = None
+    #: 0 for the original job, n for its n-th replay: with `attempts`, orders failures of
+    #: one job without trusting the clocks of the hosts that report them
+    generation: int = 0
 
     def to_json(self) -> str:
         """Serialize for the spool (JSON: never pickle)."""

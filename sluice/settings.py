@@ -6,7 +6,10 @@ environment variable to fix, rather than surfacing later as a duplicated or lost
 
 from __future__ import annotations
 
+import difflib
 import functools
+import os
+from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -16,7 +19,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from sluice.errors import ConfigError
 from sluice.priorities import Priority
 
-__all__ = ["Settings", "get_settings", "load_settings", "env_name"]
+__all__ = ["Settings", "get_settings", "load_settings", "env_name", "unknown_variables"]
 
 ENV_PREFIX = "SLUICE_"
 
@@ -34,6 +37,8 @@ class Settings(BaseSettings):
     # Connections (secrets: never logged; `safe_dict()` masks them).
     redis_url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
     database_url: SecretStr = SecretStr("sqlite:///sluice.db")
+    #: Fernet key that seals the secret fields of dead-lettered payloads (see sluice.sealed).
+    secret_key: SecretStr | None = None
     redis_socket_timeout: float = Field(2.0, gt=0)
 
     # Pressure gate (DESIGN.md, Pressure levels).
@@ -148,8 +153,29 @@ def mask_url(url: str) -> str:
     return parts._replace(netloc=netloc).geturl()
 
 
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """One message per `SLUICE_*` variable that is no setting, naming the closest one."""
+    valid = {env_name(name) for name in Settings.model_fields}
+    out = []
+    for var in sorted(k for k in environ if k.upper().startswith(ENV_PREFIX)):
+        if var.upper() in valid or var.upper() in NOT_SETTINGS:
+            continue
+        close = difflib.get_close_matches(var.upper(), sorted(valid), n=1, cutoff=0.6)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        out.append(f"{var} is not a Sluice setting{hint}")
+    return out
+
+
+#: SLUICE_* variables read by tools around Sluice, not by this class.
+NOT_SETTINGS = frozenset({"SLUICE_CHAOS_FULL"})
+
+
 def load_settings(**overrides: object) -> Settings:
-    """Read the environment (plus `overrides`); raise ConfigError naming the bad setting."""
+    """Read the environment (plus `overrides`); raise ConfigError naming the bad setting,
+    including a misspelt `SLUICE_` variable, which would otherwise be silently ignored."""
+    typos = unknown_variables(os.environ)
+    if typos:
+        raise ConfigError("invalid configuration: " + "; ".join(typos))
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:

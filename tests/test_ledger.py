@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from producers import submit
-from producers.ledger import forget, judge, recover_lost
+from producers.ledger import KEEP_STARTED_S, forget, judge, recover_lost, resend, survey
 from sluice import keys
 from tests.conftest import Env
 
@@ -26,8 +26,11 @@ def test_every_accepted_job_is_in_the_ledger_until_it_starts(sluice_env: Env) ->
     forget(sluice_env.client, [receipt.task_id])
     assert not sluice_env.client.hexists(keys.LEDGER, receipt.task_id)
     at = sluice_env.client.zscore(keys.LEDGER_AT, receipt.task_id)
-    assert recover_lost(sluice_env.client, at + 60) == 0  # started: only its index is left,
-    assert sluice_env.client.zscore(keys.LEDGER_AT, receipt.task_id) is None  # now dropped
+    soon, later = at + 31, at + 31 + KEEP_STARTED_S
+    assert recover_lost(sluice_env.client, soon) == 0  # started: only its index is left,
+    assert sluice_env.client.zscore(keys.LEDGER_AT, receipt.task_id) == at  # kept for a fence
+    assert recover_lost(sluice_env.client, later) == 0
+    assert sluice_env.client.zscore(keys.LEDGER_AT, receipt.task_id) is None  # then dropped
 
 
 def test_a_job_lost_in_flight_is_resent_once_confirmed(sluice_env: Env) -> None:
@@ -52,3 +55,18 @@ def test_a_reserved_job_is_not_resent(sluice_env: Env) -> None:
     now = float(client.zscore(keys.LEDGER_AT, receipt.task_id)) + 60
     for step in (0, 10, 20):
         assert recover_lost(client, now + step, grace_s=30, confirm_s=5) == 0
+
+
+def test_two_reconcile_runs_at_once_resend_a_lost_job_once(sluice_env: Env) -> None:
+    client = sluice_env.client
+    lost = submit("email.send", {"to": "a@b.io", "subject": "lost"})
+    client.rpop("high")  # lost in flight
+    now = float(client.zscore(keys.LEDGER_AT, lost.task_id)) + 60
+    survey(client, now, grace_s=30, confirm_s=5)  # first sighting
+    seen = client.hgetall(keys.LEDGER_SUSPECTS)
+    first = survey(client, now + 6, grace_s=30, confirm_s=5)  # two runs judge at once: the
+    client.hset(keys.LEDGER_SUSPECTS, mapping=seen)  # second read what the first read...
+    second = survey(client, now + 6, grace_s=30, confirm_s=5)
+    assert set(first.resend) == set(second.resend) == {lost.task_id}
+    assert resend(client, first, now + 6) + resend(client, second, now + 6) == 1  # ...one send
+    assert client.llen("high") == 1
