@@ -1,0 +1,36 @@
+"""Redis stalls (CLIENT PAUSE) while producers submit and workers run: every receipt is the
+truth. An accepted job runs exactly once; nothing that was refused ever runs."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tests.chaos.conftest import FAST_RESTORE, FULL, Load, completed, duration
+from tests.conftest import Env, Processes
+from tests.services import wait_for
+
+pytestmark = pytest.mark.chaos
+
+
+def test_redis_paused_during_submissions_every_receipt_is_honest(
+        sluice_env: Env, processes: Processes, load: Load,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.conftest import reset_all
+
+    monkeypatch.setenv("SLUICE_REDIS_SOCKET_TIMEOUT", "0.3")  # producers give up mid-pause
+    reset_all()
+    processes.worker(concurrency=2, **FAST_RESTORE)
+    load.run(duration(8, 30), rate=60)
+    pauses = 5 if FULL else 2
+    for _ in range(pauses):
+        time.sleep(duration(8, 30) / (pauses + 1))  # the chaos schedule
+        sluice_env.client.client_pause(1200)
+    load.wait()
+    wait_for(lambda: load.accepted <= set(completed()), timeout=60,
+             what="every accepted job completed")
+    done = completed()
+    assert len(done) == len(set(done)), "a job ran twice"
+    assert set(done) == load.accepted, "a job ran that the caller was told was refused"
+    assert {r.reason for r in load.rejected} <= {"BROKER_UNAVAILABLE"}
