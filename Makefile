@@ -50,8 +50,11 @@ bench: $(STAMP) system-deps
 	$(BIN)/python bench/dlq.py
 	$(BIN)/python bench/overload.py
 
+# Every process of the Procfile under honcho, from a plain shell: the venv's bin goes first on
+# PATH (the Procfile runs `sluice` and `celery`) and the schema is migrated before anything
+# starts (workers refuse a stale schema). `exec`: make waits for honcho, which stops them all.
 up: $(STAMP)
-	$(BIN)/honcho start
+	export PATH="$(abspath $(BIN)):$$PATH" && sluice db upgrade && exec honcho start
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache sluice.db sluice-data sluice-spool.jsonl

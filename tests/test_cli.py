@@ -55,6 +55,10 @@ def test_submit_prints_the_receipt(sluice_env: Env) -> None:
     (["killswitch", "on", "priority:URGENT"], "URGENT"),
     (["dlq", "ls", "--status", "gone"], "--status"),
     (["dlq", "purge", "--older-than", "soon"], "soon"),
+    (["dlq", "purge", "--older-than", "99999999d"], "99999999d"),
+    (["submit", "email.send", "--payload", EMAIL, "--countdown", "1e12"],
+     "SLUICE_VISIBILITY_TIMEOUT"),
+    (["schedule", "run", "reconcil"], "reconcil"),
 ])
 def test_bad_input_is_a_usage_error_naming_the_problem(sluice_env: Env, args: list[str],
                                                        needle: str) -> None:
@@ -100,6 +104,8 @@ def test_dlq_commands(sluice_env: Env) -> None:
     first = rows[0]["id"]
     [shown] = json.loads(sluice(sluice_env, "dlq", "show", str(first), "--json").stdout)
     assert shown["traceback"] and shown["id"] == first
+    by_task_id = sluice(sluice_env, "dlq", "show", rows[0]["task_id"], "--json")  # as logged
+    assert json.loads(by_task_id.stdout)[0]["id"] == first
     assert sluice(sluice_env, "dlq", "show", "9999").returncode == 1
     out = sluice(sluice_env, "dlq", "replay", str(first), "--json")
     assert out.returncode == 0 and json.loads(out.stdout)[0]["outcome"] == "replayed"
@@ -148,3 +154,18 @@ def test_doctor_fails_on_a_dead_database_and_never_prints_secrets(sluice_env: En
 def test_bad_settings_fail_naming_the_setting(sluice_env: Env) -> None:
     out = sluice(sluice_env, "pressure", SLUICE_PRESSURE_WARNING="2000")
     assert out.returncode == 2 and "SLUICE_PRESSURE_WARNING" in out.stderr
+
+
+def test_a_misspelt_setting_is_refused_naming_the_right_one(sluice_env: Env) -> None:
+    out = sluice(sluice_env, "pressure", SLUICE_VISIBILTY_TIMEOUT="5")
+    assert out.returncode == 2
+    assert "SLUICE_VISIBILTY_TIMEOUT" in out.stderr and "SLUICE_VISIBILITY_TIMEOUT" in out.stderr
+
+
+def test_an_operator_runs_a_beat_job_now(sluice_env: Env) -> None:
+    out = sluice(sluice_env, "schedule", "run", "reconcile", "--json")
+    assert out.returncode == 0, out.stderr
+    assert "lost_resent" in json.loads(out.stdout)[0]
+    jobs = {j["job"]: j for j in json.loads(sluice(sluice_env, "schedule", "ls",
+                                                   "--json").stdout)}
+    assert jobs["reconcile"]["runs"] == 1

@@ -13,8 +13,9 @@ from typing import Any, Optional
 import typer
 
 from sluice.cli.output import FAILURE, REJECTED, USAGE, console, emit, err, fail
-from sluice.errors import (ConfigError, InvalidPayload, NotFound, PendingMigrations, Rejected,
-                           ReplayRefused, SluiceError, UnknownPriority, UnknownTask)
+from sluice.errors import (ConfigError, InvalidOption, InvalidPayload, NotFound,
+                           PendingMigrations, Rejected, ReplayRefused, SluiceError,
+                           UnknownPriority, UnknownTask)
 
 app = typer.Typer(help="Sluice: a Celery job queue with priority shedding.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -37,7 +38,14 @@ def parse_duration(text: str) -> dt.timedelta:
     if not match:
         fail(f"cannot read duration {text!r} (examples: 7d, 12h, 30m, 45s)", USAGE)
     unit = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[match.group(2)]
-    return dt.timedelta(seconds=float(match.group(1)) * unit)
+    seconds = float(match.group(1)) * unit
+    if seconds > MAX_AGE_S:
+        fail(f"duration {text!r} is too long (at most {MAX_AGE_S // 86400:g}d)", USAGE)
+    return dt.timedelta(seconds=seconds)
+
+
+#: the longest age a filter or purge takes: 100 years (a datetime cannot go back much further)
+MAX_AGE_S = 100 * 365 * 86400.0
 
 
 def _store() -> Any:
@@ -102,8 +110,7 @@ def _pressure_rows() -> dict[str, Any]:
     from sluice.settings import get_settings
 
     s = get_settings()
-    monitor = PressureMonitor(redis_client(), Thresholds(*s.thresholds, s.pressure_margin,
-                                                         s.pressure_dwell))
+    monitor = PressureMonitor(redis_client(), Thresholds.from_settings(s))
     snap = monitor.tick()
     return {"level": snap.level.name, "depth": snap.depth, "depths": snap.depths,
             "thresholds": {"warning": s.pressure_warning, "critical": s.pressure_critical,
@@ -231,9 +238,10 @@ def dlq_ls(task: Optional[str] = typer.Option(None, "--task"),
 
 
 @dlq_app.command("show")
-def dlq_show(dead_letter_id: int, as_json: bool = JSON) -> None:
+def dlq_show(ref: str = typer.Argument(..., help="The id, or the task id the logs print"),
+             as_json: bool = JSON) -> None:
     """Everything about one dead letter, traceback included."""
-    row = _store().get(dead_letter_id).as_dict()
+    row = _store().find(ref).as_dict()
     if as_json:
         emit([row], True)
         return
@@ -345,6 +353,29 @@ def schedule_ls(as_json: bool = JSON) -> None:
          ["job", "interval_s", "runs", "last_run", "next_run", "last_outcome"], "schedules")
 
 
+@schedule_app.command("run")
+def schedule_run(job: str = typer.Argument(..., help="reconcile, retry-dead-letters or "
+                                                     "purge-dead-letters"),
+                 as_json: bool = JSON) -> None:
+    """Run one beat job here and now (as beat would have it run), and print its outcome."""
+    from schedules.beat import JOBS
+    from sluice.app import app as celery_app
+
+    if job not in JOBS:
+        fail(f"unknown job {job!r} (one of {', '.join(JOBS)})", USAGE)
+    celery_app.loader.import_default_modules()
+    outcome = celery_app.tasks[JOBS[job][0]]()  # runs here, recorded like a beat run
+    emit([outcome] if as_json else outcome, as_json)
+
+
+@app.command("secret-key")
+def secret_key() -> None:
+    """Print a new key for SLUICE_SECRET_KEY (it seals secret fields of dead letters)."""
+    from cryptography.fernet import Fernet
+
+    console.out(Fernet.generate_key().decode(), highlight=False)
+
+
 @app.command()
 def metrics(port: Optional[int] = typer.Option(None, "--port"),
             host: str = typer.Option("127.0.0.1", "--host"),
@@ -407,7 +438,7 @@ LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
 @app.command()
 def flower(address: str = typer.Option("127.0.0.1", "--address"),
-           port: int = typer.Option(5555, "--port")) -> None:
+           port: int = typer.Option(5555, "--port", envvar="FLOWER_PORT")) -> None:
     """Run Flower. Basic auth (FLOWER_BASIC_AUTH=user:password) is required unless Flower
     is bound to 127.0.0.1."""
     if address not in LOOPBACK and not os.environ.get("FLOWER_BASIC_AUTH"):
@@ -429,8 +460,35 @@ def demo(duration: float = typer.Option(30.0, "--duration", min=5),
                               as_json=as_json))
 
 
+# -- the local stack (`make up`) --------------------------------------------------------------
+
+@app.command("redis")
+def redis_server(directory: Optional[str] = typer.Option(
+                     None, "--dir", help="Data folder (default: SLUICE_DATA_DIR/redis)"),
+                 bind: str = typer.Option("127.0.0.1", "--bind")) -> None:
+    """Run the embedded Redis in the foreground on the port of SLUICE_REDIS_URL, append-only,
+    in a local folder; SIGTERM or Ctrl-C stops it cleanly."""
+    from pathlib import Path
+
+    from sluice.cli.stack import run_redis
+
+    run_redis(Path(directory) if directory else None, bind)
+
+
+@app.command("wait")
+def wait(timeout: float = typer.Option(60.0, "--timeout", min=0)) -> None:
+    """Wait until Redis answers and the database schema is at head (exit 1 on timeout)."""
+    from rich.markup import escape
+
+    from sluice.cli.stack import wait_until_ready
+
+    problem = wait_until_ready(timeout)
+    if problem:
+        fail(f"not ready after {timeout:g}s: {escape(problem)}")
+
+
 _EXIT = {Rejected: REJECTED, InvalidPayload: USAGE, UnknownTask: USAGE, ConfigError: USAGE,
-         UnknownPriority: USAGE,
+         UnknownPriority: USAGE, InvalidOption: USAGE,
          NotFound: FAILURE, ReplayRefused: FAILURE, PendingMigrations: FAILURE}
 
 
