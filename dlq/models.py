@@ -11,7 +11,11 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from sluice.connections import Base
 
-__all__ = ["DeadLetter", "Status"]
+__all__ = ["DeadLetter", "Quarantined", "Status", "TASK_ID_LENGTH"]
+
+#: Task ids come from Celery headers, which any client can set: wide enough for anything sane,
+#: and checked before writing (`dlq.store`) so that SQLite and PostgreSQL refuse the same ids.
+TASK_ID_LENGTH = 255
 
 
 class Status(str, enum.Enum):
@@ -33,7 +37,7 @@ class DeadLetter(Base):
     __tablename__ = "dead_letters"
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
-    task_id: Mapped[str] = mapped_column(String(64), unique=True)
+    task_id: Mapped[str] = mapped_column(String(TASK_ID_LENGTH), unique=True)
     task_name: Mapped[str] = mapped_column(String(200))
     queue: Mapped[str] = mapped_column(String(32))
     priority: Mapped[str] = mapped_column(String(16))
@@ -47,8 +51,15 @@ class DeadLetter(Base):
     status: Mapped[str] = mapped_column(String(16), default=Status.PENDING.value)
     reason: Mapped[str] = mapped_column(String(200), default="")
     retryable: Mapped[bool] = mapped_column(Boolean, default=True)
-    replayed_task_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    replayed_task_id: Mapped[str | None] = mapped_column(String(TASK_ID_LENGTH), nullable=True)
     replay_count: Mapped[int] = mapped_column(Integer, default=0)
+    #: generation of the stored failure (0: the original job, n: its n-th replay); with
+    #: `attempts` it decides which of two reports of one job is newer, clocks aside
+    generation: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    #: the original payload, encrypted (`sluice.sealed`), when `payload` has masked secrets
+    sealed: Mapped[str | None] = mapped_column(Text, nullable=True)
+    #: what the job's side effects are keyed by; a replay sends the same key
+    effect_key: Mapped[str | None] = mapped_column(String(TASK_ID_LENGTH), nullable=True)
     next_retry_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True),
                                                               nullable=True)
     updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow,
@@ -69,3 +80,25 @@ class DeadLetter(Base):
             value = getattr(self, col.key)
             out[col.key] = value.isoformat() if isinstance(value, dt.datetime) else value
         return out
+
+
+class Quarantined(Base):
+    """A spooled dead letter the store refused (too long a field, unreadable JSON, ...).
+
+    Kept whole (`raw`, the spooled JSON) with the reason, so it is seen and can be fixed by
+    hand, instead of failing every drain for ever. `digest` makes quarantining idempotent:
+    a drain that is repeated after a crash does not keep it twice."""
+
+    __tablename__ = "dead_letter_quarantine"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    digest: Mapped[str] = mapped_column(String(64), unique=True)
+    task_id: Mapped[str | None] = mapped_column(Text, nullable=True)
+    raw: Mapped[str] = mapped_column(Text)
+    error: Mapped[str] = mapped_column(Text)
+    quarantined_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Column name -> JSON-ready value."""
+        return {col.key: (v.isoformat() if isinstance(v := getattr(self, col.key), dt.datetime)
+                          else v) for col in self.__table__.columns}

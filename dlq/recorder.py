@@ -2,8 +2,9 @@
 
 Writes retry briefly (tenacity). A pybreaker circuit opens after `breaker_fail_max`
 consecutive failed writes, or when the rolling average latency of the last `breaker_window`
-writes exceeds `breaker_slow_seconds`; while open, records go straight to the spool and the
-database is probed again after `breaker_reset_timeout`.
+writes exceeds `breaker_slow_seconds`; while open, records go straight to the spool (the
+local fsync'd file, Redis only if the file cannot be written: `dlq.spool`) and the database
+is probed again after `breaker_reset_timeout`.
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ class Recorder:
             name="dead-letter-store")
 
     def record(self, rec: DeadLetterRecord) -> str:
-        """Store `rec`; returns `db`, or `redis` / `file` when it had to be spooled."""
+        """Store `rec`; returns `db`, or `file` / `redis` when it had to be spooled."""
         try:
             self.breaker.call(self._write, rec)
             return "db"

@@ -1,7 +1,12 @@
 """Replay dead letters back to their queue, through the gate.
 
+A replay runs the original job: the payload it was submitted with (unsealed when the row
+holds only a masked copy), and the same effect key, so that an effect applied before the
+failure is not applied again. It gets a new task id and carries the original one
+(`origin`) and its generation, so that a new failure updates the same row.
+
 A replay claims the row (UPDATE ... WHERE status is replayable, which takes the row lock),
-sends the job with a new task id, and commits. A second replay of the same row finds it
+sends the job, and commits. A second replay of the same row finds it
 already `replayed` and is refused; a failed send rolls the claim back; a replay shed by the
 gate leaves the row `pending` with the rejection in `reason`.
 """
@@ -13,16 +18,19 @@ import logging
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import update
 
 from dlq.models import DeadLetter, Status
 from dlq.store import DeadLetterStore
-from producers.api import Producer
-from sluice.errors import ReplayRefused, Rejected, SluiceError
+from producers.api import Producer, task_for
+from sluice.errors import ConfigError, Rejected, ReplayRefused, SluiceError
+from sluice.message import MASK, secret_fields
 from sluice.priorities import Priority
+from sluice.sealed import unseal
 
-__all__ = ["ReplayOutcome", "replay_one", "replay_many", "REPLAYABLE"]
+__all__ = ["ReplayOutcome", "replay_one", "replay_many", "original_payload", "REPLAYABLE"]
 
 log = logging.getLogger("sluice.dlq.replay")
 
@@ -46,9 +54,11 @@ def replay_one(store: DeadLetterStore, producer: Producer, dead_letter_id: int,
     if row.status not in REPLAYABLE:
         raise ReplayRefused(f"dead letter {row.id} is {row.status}: only pending or exhausted "
                             "rows can be replayed")
+    payload = original_payload(producer, row)
     try:
-        plan = producer.plan(row.task_name, row.payload, Priority.parse(row.priority),
-                             origin=row.task_id)
+        plan = producer.plan(row.task_name, payload, Priority.parse(row.priority),
+                             origin=row.task_id, effect_key=row.effect_key or row.task_id,
+                             generation=row.replay_count + 1)
     except Rejected as rej:
         _note_rejection(store, row, rej, next_retry_at)
         return ReplayOutcome(row.id, "rejected", None, rej.reason)
@@ -64,6 +74,26 @@ def replay_one(store: DeadLetterStore, producer: Producer, dead_letter_id: int,
         producer.execute(plan)  # raises -> the claim rolls back
     log.info("dead letter %s (%s) replayed as %s", row.id, row.task_name, plan.task_id)
     return ReplayOutcome(row.id, "replayed", plan.task_id)
+
+
+def original_payload(producer: Producer, row: DeadLetter) -> Any:
+    """The payload the job was submitted with. ReplayRefused when the row holds secrets only
+    masked (`***`) and no sealed copy: sending `***` as a password is not a replay."""
+    if row.sealed:
+        try:
+            return unseal(row.sealed)
+        except ConfigError as exc:
+            raise ReplayRefused(f"dead letter {row.id}: {exc}") from None
+    model = task_for(producer.app, row.task_name).payload_model
+    payload = row.payload if isinstance(row.payload, dict) else {}
+    masked = sorted(f for f in secret_fields(model) & payload.keys() if payload[f] == MASK)
+    if masked:
+        raise ReplayRefused(
+            f"dead letter {row.id} ({row.task_name}) has its secret field(s) "
+            f"{', '.join(masked)} masked and no sealed copy of the original payload: a replay "
+            "would send '***'. Workers seal payloads only when SLUICE_SECRET_KEY is set; "
+            "resubmit this job by hand with its real values")
+    return row.payload
 
 
 def _note_rejection(store: DeadLetterStore, row: DeadLetter, rej: Rejected,

@@ -1,34 +1,84 @@
-"""Where dead letters wait while the database is unavailable: a Redis list, then a local
-fsync'd JSONL file if Redis is gone too. `drain_spool` moves them into the store."""
+"""Where dead letters wait while the database is unavailable, and how they get out.
+
+The spool is first a local JSONL file, appended and fsync'd under a file lock: it is durable
+on the host, whatever Redis' persistence. Only when the file cannot be written does a record
+go to a Redis list. `drain_spool` moves both into the store; `drain_local_spool` drains this
+host's file (run by a worker as it starts, since on another host reconcile cannot reach it).
+
+Draining never deletes what it has not stored:
+
+- the file is drained under its lock, which appenders and other drains also take, and is
+  truncated only after every line is stored or quarantined;
+- a Redis drain moves the items it takes (LMOVE) into its own processing list and deletes
+  that list only after the commit; it holds a lease renewed per batch, and a later drain takes
+  over the list of a drain whose lease expired (it died). Overlapping drains are then safe
+  without any lock: each deletes exactly the items it moved and stored.
+"""
 
 from __future__ import annotations
 
 import fcntl
+import itertools
 import logging
 import os
+import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import redis
+from sqlalchemy.exc import SQLAlchemyError
 
-from dlq.store import DeadLetterStore
+from dlq.store import CHUNK, DeadLetterStore, Unreadable
 from sluice import keys
 from sluice.records import DeadLetterRecord
+from sluice.settings import get_settings
 
-__all__ = ["spool", "spool_to_file", "drain_spool", "spool_sizes"]
+__all__ = ["DrainResult", "spool", "spool_to_file", "drain_spool", "drain_local_spool",
+           "spool_sizes", "LEASE_MS"]
 
 log = logging.getLogger("sluice.dlq.spool")
 
+#: How long a Redis drain may go without renewing its lease (once per batch) before a later
+#: drain takes its batch over. Longer than any one batch write; taking over a live drain's
+#: batch only writes it twice (writes are idempotent), it never loses it.
+LEASE_MS = 120_000
+
+#: Take over the processing list of a drain whose lease has expired: all or nothing, so a
+#: drain that renews its lease meanwhile is either left alone or re-registers afterwards.
+_ADOPT = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return -1 end
+local n = 0
+while redis.call('LMOVE', KEYS[2], KEYS[4], 'LEFT', 'RIGHT') do n = n + 1 end
+redis.call('SREM', KEYS[3], ARGV[1])
+return n
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class DrainResult:
+    """Dead letters a drain wrote to the store, and those it quarantined."""
+
+    stored: int = 0
+    quarantined: int = 0
+
+    def __add__(self, other: DrainResult) -> DrainResult:
+        return DrainResult(self.stored + other.stored, self.quarantined + other.quarantined)
+
 
 def spool(rec: DeadLetterRecord, client: redis.Redis, path: Path) -> str:
-    """Keep `rec` safe without the database. Returns where it went: `redis` or `file`."""
+    """Keep `rec` safe without the database. Returns where it went: `file` or `redis`.
+
+    The fsync'd file comes first: it survives a crash of this host's processes and of Redis
+    (which may run without persistence); Redis is the fallback for a host whose disk is full
+    or read-only. Raises only if both fail."""
     try:
-        client.rpush(keys.DLQ_SPOOL, rec.to_json())
-        return "redis"
-    except redis.RedisError as exc:
-        log.warning("Redis spool unavailable (%s): spooling dead letter %s to %s",
-                    type(exc).__name__, rec.task_id, path)
         spool_to_file(rec, path)
         return "file"
+    except OSError as exc:
+        log.error("file spool %s unwritable (%s): spooling dead letter %s to Redis", path,
+                  exc, rec.task_id)
+    client.rpush(keys.DLQ_SPOOL, rec.to_json())
+    return "redis"
 
 
 def spool_to_file(rec: DeadLetterRecord, path: Path) -> None:
@@ -42,59 +92,120 @@ def spool_to_file(rec: DeadLetterRecord, path: Path) -> None:
 
 
 def drain_spool(store: DeadLetterStore, client: redis.Redis | None, path: Path,
-                batch: int = 500) -> int:
-    """Move spooled records into the store; idempotent (the store dedupes by task id).
+                batch: int = CHUNK, lease_ms: int = LEASE_MS) -> DrainResult:
+    """Move spooled records (this host's file, then Redis) into the store; idempotent.
 
-    Redis entries are removed only after the batch is committed; the file is truncated only
-    after all of its lines are committed. Raises if the database is still down, leaving
-    everything spooled. Returns how many records were moved.
-    """
-    moved = _drain_file(store, path)
+    Raises if the database is unavailable, leaving every record not yet stored spooled."""
+    result = _drain_file(store, path, batch)
     if client is not None:
-        moved += _drain_redis(store, client, batch)
-    return moved
+        result += _drain_redis(store, client, batch, lease_ms)
+    return result
 
 
-def _drain_redis(store: DeadLetterStore, client: redis.Redis, batch: int) -> int:
-    moved = 0
-    while raw := client.lrange(keys.DLQ_SPOOL, 0, batch - 1):
-        store.record_many(_parse(raw))
-        client.ltrim(keys.DLQ_SPOOL, len(raw), -1)
-        moved += len(raw)
-    return moved
+def drain_local_spool(store: DeadLetterStore | None = None,
+                      path: Path | None = None) -> DrainResult:
+    """Drain this host's file spool (at worker start: reconcile runs on any host and
+    reaches only its own file). Safe beside any other drain (the file lock). Never raises
+    for an unavailable database: the records stay spooled for the next drain."""
+    settings = get_settings()
+    store = store or DeadLetterStore(retry_base_s=settings.dlq_retry_base)
+    try:
+        return _drain_file(store, path or settings.spool_path, CHUNK)
+    except SQLAlchemyError as exc:
+        log.warning("local dead-letter spool not drained, the database is unavailable (%s): "
+                    "reconcile will drain it", type(exc).__name__)
+        return DrainResult()
 
 
-def _drain_file(store: DeadLetterStore, path: Path) -> int:
+def _drain_file(store: DeadLetterStore, path: Path, batch: int) -> DrainResult:
     if not path.exists():
-        return 0
-    with open(path, "r+", encoding="utf-8") as fh:
+        return DrainResult()
+    result = DrainResult()
+    # errors="replace": a line torn by a crash must not make the whole file unreadable
+    with open(path, "r+", encoding="utf-8", errors="replace") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
-        lines = [line for line in fh.read().splitlines() if line.strip()]
-        store.record_many(_parse(lines))
+        while chunk := list(itertools.islice(fh, batch)):  # bounded in memory as in SQL
+            result += _store(store, [line for line in chunk if line.strip()])
         fh.seek(0)
         fh.truncate()
         os.fsync(fh.fileno())
-    return len(lines)
+    return result
 
 
-def _parse(lines: list[bytes] | list[str]) -> list[DeadLetterRecord]:
-    out = []
+def _drain_redis(store: DeadLetterStore, client: redis.Redis, batch: int,
+                 lease_ms: int) -> DrainResult:
+    me = uuid.uuid4().hex
+    mine, lease = keys.dlq_spool_processing(me), keys.dlq_spool_lease(me)
+    result = DrainResult()
+    try:
+        _take(client, me, 0, lease_ms)  # leased and registered before holding anything
+        adopt = client.register_script(_ADOPT)
+        for other in _members(client) - {me}:
+            taken = adopt(keys=[keys.dlq_spool_lease(other), keys.dlq_spool_processing(other),
+                                keys.DLQ_SPOOL_DRAINS, mine], args=[other])
+            if taken and taken > 0:
+                log.warning("took over %d spooled dead letters from dead drain %s", taken, other)
+        while raw := _take(client, me, batch, lease_ms):
+            result += _store(store, raw)
+            client.delete(mine)  # only this drain moves items into `mine`: all were stored
+    except BaseException:
+        try:  # hand what this drain holds to the next drain now, not when the lease expires
+            client.delete(lease)
+        except redis.RedisError:
+            pass
+        raise
+    pipe = client.pipeline(transaction=False)
+    pipe.srem(keys.DLQ_SPOOL_DRAINS, me)
+    pipe.delete(lease)
+    pipe.execute()
+    return result
+
+
+def _members(client: redis.Redis) -> set[str]:
+    """The ids of the Redis drains under way (or that died under way)."""
+    return {m.decode() if isinstance(m, bytes) else str(m)
+            for m in client.smembers(keys.DLQ_SPOOL_DRAINS)}
+
+
+def _take(client: redis.Redis, me: str, batch: int, lease_ms: int) -> list[bytes]:
+    """Renew the lease, move up to `batch` items into this drain's list; return the list.
+    One round trip; the lease is set before any item is moved."""
+    mine = keys.dlq_spool_processing(me)
+    pipe = client.pipeline(transaction=False)
+    pipe.set(keys.dlq_spool_lease(me), "1", px=lease_ms)
+    pipe.sadd(keys.DLQ_SPOOL_DRAINS, me)
+    for _ in range(batch):
+        pipe.lmove(keys.DLQ_SPOOL, mine, "LEFT", "RIGHT")
+    pipe.lrange(mine, 0, -1)
+    return list(pipe.execute()[-1])
+
+
+def _store(store: DeadLetterStore, lines: list[bytes] | list[str]) -> DrainResult:
+    records, unreadable = [], []
     for line in lines:
         try:
-            out.append(DeadLetterRecord.from_json(line))
-        except (ValueError, TypeError) as exc:  # keep going: one bad line must not block the rest
-            log.error("unreadable spooled dead letter skipped (%s): %.200r", exc, line)
-    return out
+            records.append(DeadLetterRecord.from_json(line))
+        except (ValueError, TypeError, AttributeError) as exc:  # quarantined, not dropped
+            text = line.decode("utf-8", "replace") if isinstance(line, bytes) else line
+            unreadable.append(Unreadable(text, f"unreadable spooled dead letter: {exc}"))
+    written = store.write(records, unreadable)
+    return DrainResult(written.stored, written.quarantined)
 
 
 def spool_sizes(client: redis.Redis | None, path: Path) -> dict[str, int | None]:
-    """How many records wait in each spool (None when that spool cannot be read)."""
+    """How many records wait in each spool (None when that spool cannot be read). Records
+    a Redis drain holds in its processing list count as spooled until stored."""
     try:
-        in_redis: int | None = int(client.llen(keys.DLQ_SPOOL)) if client else None
+        in_redis: int | None = None
+        if client is not None:
+            pipe = client.pipeline(transaction=False)
+            for name in [keys.DLQ_SPOOL, *map(keys.dlq_spool_processing, _members(client))]:
+                pipe.llen(name)
+            in_redis = sum(int(n) for n in pipe.execute())
     except redis.RedisError:
         in_redis = None
     in_file = 0
     if path.exists():
-        with open(path, encoding="utf-8") as fh:
+        with open(path, encoding="utf-8", errors="replace") as fh:
             in_file = sum(1 for line in fh if line.strip())
     return {"redis": in_redis, "file": in_file}

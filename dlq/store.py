@@ -1,29 +1,45 @@
 """The dead-letter store: a narrow object over SQL (SQLite or PostgreSQL).
 
 Every write is idempotent by task id, so the worker, the spool drain and a retry of either
-can all write the same failure without creating a second row.
+can all write the same failure without creating a second row. Of two reports of one job the
+newer is kept, by (generation, attempts) and not by wall clock: the hosts that report them
+need not agree on the time. A record the database cannot take (a field too long, a value it
+refuses) is quarantined with the reason instead of failing the whole batch on every try.
 """
 
 from __future__ import annotations
 
+import builtins  # `list` is also a method of the store
 import datetime as dt
+import hashlib
+import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, delete, func, select, update
+from sqlalchemy import Engine, String, delete, func, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, SQLAlchemyError, StatementError
 from sqlalchemy.orm import Session, sessionmaker
 
-from dlq.models import DeadLetter, Status
+from dlq.models import DeadLetter, Quarantined, Status
 from sluice.connections import engine as default_engine
 from sluice.errors import NotFound
 from sluice.records import DeadLetterRecord
 
-__all__ = ["DeadLetterStore", "Filters", "to_datetime", "as_utc"]
+__all__ = ["DeadLetterStore", "Filters", "Unreadable", "Written", "to_datetime", "as_utc",
+           "CHUNK"]
+
+log = logging.getLogger("sluice.dlq")
 
 _UPDATED_ON_REFAIL = ("task_name", "queue", "priority", "payload", "exc_type", "exc_message",
-                      "traceback", "attempts", "last_failed_at", "reason", "retryable", "status")
+                      "traceback", "attempts", "last_failed_at", "reason", "retryable", "status",
+                      "generation")
+
+#: Rows per transaction, whatever the size of the spool being drained. Rows go as one
+#: statement with many parameter sets (never one VALUES list of every row, which overflowed
+#: SQLite's limit on SQL variables at ~13,000 rows).
+CHUNK = 500
 
 
 def to_datetime(epoch: float) -> dt.datetime:
@@ -34,6 +50,66 @@ def to_datetime(epoch: float) -> dt.datetime:
 def as_utc(value: dt.datetime) -> dt.datetime:
     """SQLite hands datetimes back naive; every stored time is UTC."""
     return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
+
+
+@dataclass(frozen=True, slots=True)
+class Written:
+    """What a batch write did: rows written (after de-duplication by task id), records
+    quarantined."""
+
+    stored: int = 0
+    quarantined: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Unreadable:
+    """A spooled line that is not a dead-letter record at all (kept in quarantine)."""
+
+    raw: str
+    error: str
+
+
+def _refused(exc: SQLAlchemyError) -> bool:
+    """Whether the database refused the data itself (as opposed to being unavailable, busy
+    or locked): only then is a record quarantined rather than retried later."""
+    if isinstance(exc, (DataError, IntegrityError)):
+        return True
+    return isinstance(exc, StatementError) and not isinstance(exc, DBAPIError)
+
+
+def _short(exc: BaseException) -> str:
+    """One line of an error, without the SQL and parameters SQLAlchemy appends."""
+    cause = getattr(exc, "orig", None) or exc
+    text = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
+    return f"{type(cause).__name__}: {text}"[:1000]
+
+
+def _printable(text: Any) -> Any:
+    """Diagnostic text as PostgreSQL can store it (no NUL), rather than refusing a failure
+    because its exception message quoted binary data."""
+    return text.replace("\x00", "\\x00") if isinstance(text, str) else text
+
+
+def _misfit(row: dict[str, Any]) -> str | None:
+    """Why `row` cannot be stored as it is (None if it can). SQLite does not enforce
+    VARCHAR lengths and PostgreSQL does: checking here makes both refuse the same rows."""
+    for key, length in _STRINGS:
+        value = row.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, str):
+            return f"{key} is not a string: {type(value).__name__}"
+        if length and len(value) > length:
+            return f"{key} is {len(value)} characters long; the store keeps at most {length}"
+    for key in _INTEGERS:
+        if not isinstance(row[key], int) or isinstance(row[key], bool):
+            return f"{key} is not an integer: {row[key]!r:.50}"
+    return None
+
+
+_STRINGS = [(c.key, c.type.length) for c in DeadLetter.__table__.columns
+            if isinstance(c.type, String)]
+_INTEGERS = ("attempts", "generation")
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +136,11 @@ class Filters:
         return stmt
 
 
+def _order(row: dict[str, Any]) -> tuple[int, int]:
+    """Which of two reports of one job is newer: a later replay, then more attempts."""
+    return (row["generation"], row["attempts"])
+
+
 class DeadLetterStore:
     """record / list / get / discard / purge / stats over the `dead_letters` table."""
 
@@ -73,22 +154,85 @@ class DeadLetterStore:
         return self._sessions()
 
     def record(self, rec: DeadLetterRecord) -> None:
-        """Write one failure (idempotent by task id)."""
-        self.record_many([rec])
+        """Write one failure (idempotent by task id; quarantined if the store refuses it)."""
+        self.write([rec])
 
     def record_many(self, recs: Iterable[DeadLetterRecord]) -> int:
-        """Write many failures in one statement; a task id already stored is updated only by a
-        newer failure. Returns how many records were given (after de-duplication)."""
-        latest: dict[str, DeadLetterRecord] = {}
+        """Write many failures; returns how many rows were written (after de-duplication).
+        See `write`."""
+        return self.write(recs).stored
+
+    def write(self, recs: Iterable[DeadLetterRecord],
+              unreadable: Iterable[Unreadable] = ()) -> Written:
+        """Write failures in bounded batches; a task id already stored is updated only by a
+        newer report of it (higher generation, then more attempts).
+
+        A record the database refuses is quarantined, with `unreadable` lines: one bad
+        record must not keep the others out. Raises (writing nothing more) only when the
+        database is unavailable, so that a spool keeps everything for the next drain.
+        """
+        bad = [self._quarantine_row(u.raw, None, u.error) for u in unreadable]
+        latest: dict[str, tuple[DeadLetterRecord, dict[str, Any]]] = {}
         for rec in recs:
+            try:
+                row = self._row(rec)
+                problem = _misfit(row)
+            except (TypeError, ValueError, OverflowError) as exc:
+                problem = _short(exc)
+            if problem is not None:
+                bad.append(self._quarantine_row(rec.to_json(), rec.task_id, problem))
+                continue
             old = latest.get(rec.task_id)
-            if old is None or rec.last_failed_at >= old.last_failed_at:
-                latest[rec.task_id] = rec
-        if not latest:
-            return 0
-        with self.engine.begin() as conn:
-            conn.execute(self._upsert([self._row(r) for r in latest.values()]))
-        return len(latest)
+            if old is None or _order(row) >= _order(old[1]):
+                latest[rec.task_id] = (rec, row)
+        pairs = list(latest.values())
+        stored = sum(self._write_chunk(pairs[i:i + CHUNK], bad)
+                     for i in range(0, len(pairs), CHUNK))
+        self._quarantine(bad)
+        return Written(stored, len(bad))
+
+    def _write_chunk(self, pairs: list[tuple[DeadLetterRecord, dict[str, Any]]],
+                     bad: list[dict[str, Any]]) -> int:
+        """Upsert one chunk; if the database refuses it, find the refused rows one by one."""
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(self._upsert(), [row for _, row in pairs])
+            return len(pairs)
+        except SQLAlchemyError as exc:
+            if not _refused(exc):
+                raise
+            if len(pairs) == 1:
+                rec = pairs[0][0]
+                bad.append(self._quarantine_row(rec.to_json(), rec.task_id, _short(exc)))
+                return 0
+        return sum(self._write_chunk([pair], bad) for pair in pairs)
+
+    def _quarantine_row(self, raw: str, task_id: Any, error: str) -> dict[str, Any]:
+        raw = raw.replace("\x00", "\\u0000")  # PostgreSQL text cannot hold NUL
+        log.error("dead letter %.300s quarantined: %s", task_id, error)
+        return {"digest": hashlib.sha256(raw.encode("utf-8", "replace")).hexdigest(),
+                "task_id": None if task_id is None else str(task_id).replace("\x00", ""),
+                "raw": raw, "error": error.replace("\x00", ""),
+                "quarantined_at": dt.datetime.now(dt.timezone.utc)}
+
+    def _quarantine(self, rows: list[dict[str, Any]]) -> None:
+        """Keep refused records (once each: the digest is unique)."""
+        dialect = postgresql if self.engine.dialect.name == "postgresql" else sqlite
+        stmt = dialect.insert(Quarantined).on_conflict_do_nothing(index_elements=["digest"])
+        for i in range(0, len(rows), CHUNK):
+            with self.engine.begin() as conn:
+                conn.execute(stmt, rows[i:i + CHUNK])
+
+    def quarantined(self, limit: int = 100) -> list[Quarantined]:
+        """Records the store refused, newest first."""
+        stmt = select(Quarantined).order_by(Quarantined.id.desc()).limit(limit)
+        with self.session() as s:
+            return list(s.scalars(stmt).all())
+
+    def quarantine_count(self) -> int:
+        """How many refused records are kept in quarantine."""
+        with self.session() as s:
+            return int(s.scalar(select(func.count()).select_from(Quarantined)) or 0)
 
     def _row(self, rec: DeadLetterRecord) -> dict[str, Any]:
         first = to_datetime(rec.first_failed_at)
@@ -96,21 +240,36 @@ class DeadLetterStore:
         return {
             "task_id": rec.task_id, "task_name": rec.task_name, "queue": rec.queue,
             "priority": rec.priority, "payload": rec.payload, "exc_type": rec.exc_type,
-            "exc_message": rec.exc_message, "traceback": rec.traceback,
+            "exc_message": _printable(rec.exc_message), "traceback": _printable(rec.traceback),
             "attempts": rec.attempts, "first_failed_at": first,
             "last_failed_at": to_datetime(rec.last_failed_at), "status": Status.PENDING.value,
-            "reason": rec.reason, "retryable": rec.retryable, "replay_count": 0,
+            "reason": rec.reason, "retryable": bool(rec.retryable), "replay_count": 0,
             "next_retry_at": next_retry, "updated_at": dt.datetime.now(dt.timezone.utc),
+            "generation": rec.generation, "sealed": rec.sealed, "effect_key": rec.effect_key,
         }
 
-    def _upsert(self, rows: list[dict[str, Any]]) -> Any:
+    def _upsert(self) -> Any:
+        """INSERT .. ON CONFLICT (task_id) DO UPDATE, only for a newer report of the job.
+        Executed with many parameter sets: compiled once (a VALUES list of 500 rows takes
+        longer to compile than to run), batched by the driver.
+
+        `next_retry_at` keeps the schedule the retry job set, but a row replayed by hand has
+        none: its next failure then schedules it again (else it would never be retried nor
+        exhausted). The effect key stays the original's; a sealed payload is kept."""
         dialect = postgresql if self.engine.dialect.name == "postgresql" else sqlite
-        ins = dialect.insert(DeadLetter).values(rows)
-        changes = {name: ins.excluded[name] for name in _UPDATED_ON_REFAIL}
-        changes["updated_at"] = ins.excluded.updated_at
-        return ins.on_conflict_do_update(
-            index_elements=["task_id"], set_=changes,
-            where=DeadLetter.last_failed_at < ins.excluded.last_failed_at)
+        ins = dialect.insert(DeadLetter)
+        new = ins.excluded
+        changes: dict[str, Any] = {name: new[name] for name in _UPDATED_ON_REFAIL}
+        changes["updated_at"] = new.updated_at
+        changes["next_retry_at"] = func.coalesce(DeadLetter.next_retry_at, new.next_retry_at)
+        changes["effect_key"] = func.coalesce(DeadLetter.effect_key, new.effect_key)
+        changes["sealed"] = func.coalesce(new.sealed, DeadLetter.sealed)
+        newer = (tuple_(new.generation, new.attempts)
+                 > tuple_(DeadLetter.generation, DeadLetter.attempts))
+        # RETURNING lets SQLAlchemy batch the parameter sets into multi-row INSERTs on
+        # PostgreSQL ("insertmanyvalues"), instead of one round trip per row
+        return ins.on_conflict_do_update(index_elements=["task_id"], set_=changes,
+                                         where=newer).returning(DeadLetter.id)
 
     def list(self, filters: Filters = Filters(), limit: int = 50,
              offset: int = 0) -> Sequence[DeadLetter]:
@@ -120,7 +279,7 @@ class DeadLetterStore:
         with self.session() as s:
             return s.scalars(stmt.limit(limit).offset(offset)).all()
 
-    def ids(self, filters: Filters = Filters()) -> list[int]:
+    def ids(self, filters: Filters = Filters()) -> builtins.list[int]:
         """Every id matching `filters`, oldest first (for bulk operations)."""
         with self.session() as s:
             stmt = filters.apply(select(DeadLetter.id)).order_by(DeadLetter.id)
@@ -133,6 +292,19 @@ class DeadLetterStore:
         if row is None:
             raise NotFound(f"no dead letter with id {dead_letter_id}")
         return row
+
+    def find(self, ref: str) -> DeadLetter:
+        """One row by numeric id or by task id (what logs print, e.g. `malformed-<uuid>`);
+        NotFound if neither matches. An all-digit task id is found when no row has that id."""
+        if ref.strip().isdigit():
+            try:
+                return self.get(int(ref))
+            except NotFound:
+                pass
+        try:
+            return self.get_by_task_id(ref)
+        except NotFound:
+            raise NotFound(f"no dead letter with id or task id {ref!r}") from None
 
     def get_by_task_id(self, task_id: str) -> DeadLetter:
         """One row by the failed job's task id; NotFound if there is none."""
@@ -147,7 +319,7 @@ class DeadLetterStore:
         return self.set_status(list(ids), Status.DISCARDED,
                                only_from=(Status.PENDING, Status.EXHAUSTED))
 
-    def set_status(self, ids: list[int], status: Status,
+    def set_status(self, ids: builtins.list[int], status: Status,
                    only_from: tuple[Status, ...] = tuple(Status), **values: Any) -> int:
         """Move rows currently in `only_from` to `status`; returns how many moved."""
         if not ids:
@@ -181,7 +353,8 @@ class DeadLetterStore:
         out["total"] = {"all": sum(out["by_status"].values())}
         return out
 
-    def due_for_retry(self, now: dt.datetime, limit: int = 500) -> list[DeadLetter]:
+    def due_for_retry(self, now: dt.datetime,
+                      limit: int = 500) -> builtins.list[DeadLetter]:
         """Pending, retryable rows whose next retry time has come."""
         stmt = (select(DeadLetter).where(DeadLetter.status == Status.PENDING.value)
                 .where(DeadLetter.retryable.is_(True))

@@ -15,8 +15,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from redis.exceptions import LockError
-
 from dlq.models import Status
 from dlq.recorder import get_recorder
 from dlq.replay import replay_one
@@ -69,34 +67,45 @@ def _job(name: str, body: Callable[[dt.datetime], dict[str, Any]]) -> Callable[.
 
 
 def run_reconcile(now: dt.datetime) -> dict[str, Any]:
-    """Drain the dead-letter spool, flush the CRITICAL outbox, re-send jobs lost in flight,
-    report stuck jobs."""
+    """Drain the dead-letter spools, flush the CRITICAL outbox, re-send jobs lost in flight,
+    report stuck jobs.
+
+    Each step runs on its own: one that fails is logged and named in `errors`, and the next
+    still runs. A bad record cannot stop them (the store quarantines it), nor can a database
+    outage stop the ledger recovery, which needs only Redis.
+    """
     settings, client = get_settings(), redis_client()
-    drained = _drain(client, settings.spool_path)
-    flushed = default_producer().flush_outbox()
-    resent = ledger.recover_lost(client, now.timestamp(), settings.ledger_grace_seconds,
-                                 settings.ledger_confirm_seconds)
-    stuck = stuck_report(now.timestamp())
-    if stuck["over_time_limit"] or stuck["over_visibility"]:
+    errors: dict[str, str] = {}
+
+    def step(name: str, body: Callable[[], Any]) -> Any:
+        try:
+            return body()
+        except Exception as exc:
+            log.exception("reconcile: %s failed, the other steps still run", name)
+            first_line = (str(exc).strip().splitlines() or [""])[0]
+            errors[name] = f"{type(exc).__name__}: {first_line}"[:500]
+            return None
+
+    drained = step("drain", lambda: drain_spool(_store(), client, settings.spool_path))
+    outcome: dict[str, Any] = {
+        "drained": drained.stored if drained else None,
+        "quarantined": drained.quarantined if drained else None,
+        "outbox_sent": step("outbox", lambda: default_producer().flush_outbox()),
+        "lost_resent": step("ledger", lambda: ledger.recover_lost(
+            client, now.timestamp(), settings.ledger_grace_seconds,
+            settings.ledger_confirm_seconds)),
+    }
+    stuck = step("stuck", lambda: stuck_report(now.timestamp())) or {}
+    outcome.update(stuck)
+    if stuck.get("over_time_limit") or stuck.get("over_visibility"):
         log.warning("stuck jobs: %d past their time limit, %d reserved past the visibility "
                     "timeout", stuck["over_time_limit"], stuck["over_visibility"])
-    return {"drained": drained, "outbox_sent": flushed, "lost_resent": resent, **stuck}
-
-
-def _drain(client: Any, spool_path: Any) -> int | None:
-    """Drain the spools unless another drain holds the lock (None then): a drain killed
-    mid-way holds it until it times out, and must not stop the other reconcile steps."""
-    lock = client.lock(keys.DRAIN_LOCK, timeout=60)
-    if not lock.acquire(blocking=False):
-        log.info("spool drain skipped: another drain holds the lock")
-        return None
-    try:
-        return drain_spool(_store(), client, spool_path)
-    finally:
-        try:
-            lock.release()
-        except LockError:  # it outlived the lock timeout; drains are idempotent anyway
-            log.warning("spool drain outlived its lock")
+    if drained and drained.quarantined:
+        log.error("ALERT %d spooled dead letter(s) refused by the store and quarantined "
+                  "(table dead_letter_quarantine)", drained.quarantined)
+    if errors:
+        outcome["errors"] = errors
+    return outcome
 
 
 def stuck_report(now: float) -> dict[str, int]:

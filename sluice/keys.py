@@ -31,6 +31,12 @@ def idempotency(key: str) -> str:
     return f"{PREFIX}idem:{key}"
 
 
+def fence(task_id: str) -> str:
+    """Set when a send of `task_id` whose outcome was unknown was settled as not sent: a late
+    arrival of that send is then a no-op (see `producers.sending`)."""
+    return f"{PREFIX}fence:{task_id}"
+
+
 def done(key: str) -> str:
     """Set once a job submitted with idempotency key `key` has applied its effect."""
     return f"{PREFIX}done:{key}"
@@ -59,3 +65,18 @@ LEDGER = PREFIX + "ledger"
 LEDGER_AT = PREFIX + "ledger:at"
 #: hash task id -> when a ledger entry was first seen neither queued nor reserved.
 LEDGER_SUSPECTS = PREFIX + "ledger:suspects"
+
+#: set: ids of the dead-letter spool drains under way (`dlq.spool`). Each drain moves the
+#: items it takes into its own processing list and holds a lease while it works on them; a
+#: later drain takes over the list of a drain whose lease has expired (it died).
+DLQ_SPOOL_DRAINS = PREFIX + "dlq:spool:drains"
+
+
+def dlq_spool_processing(drain_id: str) -> str:
+    """List: the spooled dead letters drain `drain_id` has taken and not yet stored."""
+    return f"{PREFIX}dlq:spool:processing:{drain_id}"
+
+
+def dlq_spool_lease(drain_id: str) -> str:
+    """Set, with a TTL renewed per batch, while drain `drain_id` is alive."""
+    return f"{PREFIX}dlq:spool:lease:{drain_id}"

@@ -3,9 +3,11 @@ replay through the gate; the schema check."""
 
 from __future__ import annotations
 
+import base64
 import json
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pybreaker
@@ -20,6 +22,7 @@ from producers import default_producer
 from sluice import keys
 from sluice.errors import PendingMigrations, ReplayRefused
 from sluice.priorities import QUEUES, PressureLevel, Priority
+from sluice.records import DeadLetterRecord
 from sluice.settings import get_settings, load_settings
 from tests.conftest import Env, Processes
 from tests.services import PostgresServer, wait_for
@@ -33,35 +36,54 @@ def _recorder(url: str, **settings: object) -> Recorder:
     return Recorder(DeadLetterStore(create_engine(url, connect_args={"connect_timeout": 1})), s)
 
 
-def test_database_down_spools_to_redis_and_drain_moves_each_record_once(
+def test_database_down_spools_to_the_fsynced_file_first_and_drain_moves_each_record_once(
         store_env: Env) -> None:
     down = _recorder(DEAD_DB)
-    assert [down.record(rec(f"s{i}")) for i in range(10)] == ["redis"] * 10
+    assert [down.record(rec(f"s{i}")) for i in range(10)] == ["file"] * 10
     assert down.breaker.current_state == pybreaker.STATE_OPEN  # after 5 failures
     down.record(rec("s0"))  # the same failure spooled twice
-    store = DeadLetterStore()
-    client = store_env.client
-    assert drain_spool(store, client, get_settings().spool_path) == 11
-    assert store.count() == 10
-    assert drain_spool(store, client, get_settings().spool_path) == 0
-    assert spool_sizes(client, get_settings().spool_path) == {"redis": 0, "file": 0}
-
-
-def test_database_and_redis_down_spool_to_an_fsynced_file(store_env: Env,
-                                                          monkeypatch: pytest.MonkeyPatch,
-                                                          tmp_path: Path) -> None:
-    monkeypatch.setenv("SLUICE_REDIS_URL", "redis://127.0.0.1:1/0")
-    from tests.conftest import reset_all
-
-    reset_all()
-    down = _recorder(DEAD_DB)
-    assert [down.record(rec(f"f{i}")) for i in range(7)] == ["file"] * 7
-    path = get_settings().spool_path
+    path, client = get_settings().spool_path, store_env.client
     lines = path.read_text().splitlines()
-    assert len(lines) == 7 and json.loads(lines[0])["task_id"] == "f0"
+    assert len(lines) == 11 and json.loads(lines[0])["task_id"] == "s0"
+    assert client.llen(keys.DLQ_SPOOL) == 0  # a Redis without persistence holds none of them
     store = DeadLetterStore()
-    assert drain_spool(store, None, path) == 7
-    assert store.count() == 7 and path.read_text() == ""
+    assert drain_spool(store, client, path).stored == 10  # the duplicate written once
+    assert store.count() == 10
+    assert drain_spool(store, client, path).stored == 0
+    assert spool_sizes(client, path) == {"redis": 0, "file": 0}
+
+
+def test_redis_holds_dead_letters_only_when_the_file_cannot_be_written(
+        store_env: Env, tmp_path: Path) -> None:
+    down = _recorder(DEAD_DB, spool_path=tmp_path)  # a directory: not writable as a file
+    assert [down.record(rec(f"r{i}")) for i in range(3)] == ["redis"] * 3
+    store = DeadLetterStore()
+    assert drain_spool(store, store_env.client, get_settings().spool_path).stored == 3
+    assert store.count() == 3
+
+
+def test_a_worker_drains_its_own_file_spool_safely_beside_reconcile(store_env: Env) -> None:
+    from dlq.spool import drain_local_spool  # what a worker runs as it starts
+
+    path = get_settings().spool_path
+    path.write_text("".join(rec(f"l{i}").to_json() + "\n" for i in range(300)))
+    barrier, moved = threading.Barrier(2), []
+
+    def worker_start() -> None:
+        barrier.wait()
+        moved.append(drain_local_spool().stored)
+
+    def reconcile() -> None:
+        barrier.wait()
+        moved.append(drain_spool(DeadLetterStore(), store_env.client, path).stored)
+
+    threads = [threading.Thread(target=worker_start), threading.Thread(target=reconcile)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sorted(moved) == [0, 300]  # one drain took each line, the other found none
+    assert DeadLetterStore().count() == 300 and path.read_text() == ""
 
 
 def test_slow_store_opens_the_circuit() -> None:
@@ -97,7 +119,8 @@ def test_postgres_stopped_while_a_worker_dead_letters_100_jobs(own_postgres: Env
         procs.worker(concurrency=2)
         own_postgres.pg.stop()  # type: ignore[attr-defined]
         submit_many("demo.flaky", [{"permanent": True}] * 100)
-        wait_for(lambda: own_postgres.client.llen(keys.DLQ_SPOOL) == 100, timeout=90,
+        path = get_settings().spool_path
+        wait_for(lambda: spool_sizes(own_postgres.client, path)["file"] == 100, timeout=90,
                  what="100 spooled dead letters")
         own_postgres.pg.start()  # type: ignore[attr-defined]
         store = DeadLetterStore()
@@ -173,3 +196,76 @@ def test_stale_schema_is_refused_with_the_upgrade_command(redis_server, postgres
                          timeout=60)
     assert out.returncode != 0
     assert "sluice db upgrade" in out.stdout + out.stderr
+
+
+@pytest.fixture
+def secret_key(store_env: Env, monkeypatch: pytest.MonkeyPatch) -> str:
+    from cryptography.fernet import Fernet
+
+    from tests.conftest import reset_all
+
+    key = Fernet.generate_key().decode()
+    monkeypatch.setenv("SLUICE_SECRET_KEY", key)
+    reset_all()
+    return key
+
+
+EMAIL = {"to": "a@b.io", "subject": "welcome", "body": "", "smtp_password": "hunter2"}
+
+
+def _email_dead_letter(task_id: str, **fields: object) -> DeadLetterRecord:
+    """What the worker records for a failed email.send: secrets masked in `payload`."""
+    return DeadLetterRecord(task_id=task_id, task_name="email.send", queue="high",
+                            priority="HIGH", payload={**EMAIL, "smtp_password": "***"},
+                            exc_type="SMTPAuthenticationError", exc_message="535",
+                            **fields)  # type: ignore[arg-type]
+
+
+def _sent(client, queue: str) -> tuple[list, dict]:  # noqa: ANN001
+    """The arguments and headers of the one message waiting on `queue`."""
+    [raw] = client.lrange(queue, 0, -1)
+    message = json.loads(raw)
+    args, _kwargs, _embed = json.loads(base64.b64decode(message["body"]))
+    return args, message["headers"]
+
+
+def test_a_replay_runs_the_original_job_its_secrets_unsealed_and_its_effect_key_kept(
+        secret_key: str, store_env: Env) -> None:
+    from sluice.sealed import seal
+
+    store = DeadLetterStore()
+    store.record(_email_dead_letter("orig-1", sealed=seal(EMAIL), effect_key="signup-42"))
+    row = store.get_by_task_id("orig-1")
+    assert "hunter2" not in json.dumps(row.as_dict())  # never in clear in a row
+    outcome = replay_one(store, default_producer(), row.id)
+    args, headers = _sent(store_env.client, "high")
+    assert args == [EMAIL]  # the real password, not ***
+    assert headers["sluice_key"] == "signup-42" and headers["sluice_generation"] == 1
+    assert headers["sluice_origin"] == "orig-1" and outcome.outcome == "replayed"
+    assert "hunter2" not in json.dumps(store.get(row.id).as_dict())
+
+
+def test_a_masked_payload_without_its_sealed_copy_is_refused(store_env: Env) -> None:
+    store = DeadLetterStore()
+    store.record(_email_dead_letter("orig-2"))  # the worker had no SLUICE_SECRET_KEY
+    row = store.get_by_task_id("orig-2")
+    with pytest.raises(ReplayRefused, match="smtp_password.*SLUICE_SECRET_KEY"):
+        replay_one(store, default_producer(), row.id)
+    assert store_env.client.llen("high") == 0 and store.get(row.id).status == "pending"
+
+
+def test_a_replay_keeps_the_effect_key_so_an_effect_applied_before_the_failure_is_not_applied_again(
+        processes: Processes, sluice_env: Env) -> None:
+    from workers import effects
+
+    # the original job wrote its audit entry, then failed (its worker timed out afterwards)
+    effects.put("audit", "orig-3", {"task_id": "orig-3", "actor": "a", "action": "login"})
+    store = DeadLetterStore()
+    store.record(DeadLetterRecord(task_id="orig-3", task_name="audit.record", queue="critical",
+                                  priority="CRITICAL", payload={"actor": "a", "action": "login"},
+                                  exc_type="TimeLimitExceeded", exc_message="after the write"))
+    outcome = replay_one(store, default_producer(), store.get_by_task_id("orig-3").id)
+    worker = processes.worker()
+    wait_for(lambda: f"[{outcome.task_id}] succeeded" in worker.output(),
+             what="the replayed job ran")
+    assert [e["task_id"] for e in effects.read("audit")] == ["orig-3"]

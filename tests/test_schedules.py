@@ -6,8 +6,10 @@ import datetime as dt
 import time
 
 from dlq.models import Status
+from dlq.replay import replay_one
 from dlq.spool import spool_to_file
 from dlq.store import DeadLetterStore
+from producers import default_producer
 from producers.outbox import add_to_outbox, outbox_size
 from schedules.beat import build_schedule
 from schedules.jobs import run_purge, run_retry
@@ -107,8 +109,11 @@ def test_a_retryable_dead_letter_is_replayed_at_growing_delays_then_exhausted(
         out = run_retry(now)
         if out["replayed"]:
             replays.append(now)
-            # the replayed job fails again: the worker records it under the original id
-            store.record(rec("x", task="demo.flaky", at=now.timestamp() + 1))
+            # the replayed job fails again: the worker records it under the original id,
+            # one generation up
+            generation = store.get_by_task_id("x").replay_count
+            store.record(rec("x", task="demo.flaky", at=now.timestamp() + 1,
+                             generation=generation))
         if out["exhausted"]:
             break
     gaps = [(b - a) / MIN for a, b in zip(replays, replays[1:])]
@@ -140,3 +145,17 @@ def test_purge_removes_exactly_the_rows_past_retention(store_env: Env) -> None:
     assert run_purge(now + dt.timedelta(days=6))["purged"] == 0
     assert run_purge(now + dt.timedelta(days=8))["purged"] == 4
     assert {r.task_id for r in store.list()} == {"k4", "k5"}
+
+
+def test_a_dead_letter_failing_again_after_a_manual_replay_is_retried_again(
+        store_env: Env) -> None:
+    store = DeadLetterStore(retry_base_s=900)
+    flaky = {"fail_times": 0}
+    store.record(rec("m", task="demo.flaky", payload=flaky, at=T0.timestamp()))
+    replay_one(store, default_producer(), store.get_by_task_id("m").id)  # by hand: no schedule
+    failed_again = T0 + 5 * MIN
+    store.record(rec("m", task="demo.flaky", payload=flaky, at=failed_again.timestamp(),
+                     generation=1, attempts=1))
+    row = store.get_by_task_id("m")
+    assert row.status == "pending" and row.next_retry_at is not None
+    assert run_retry(failed_again + 15 * MIN)["replayed"] == 1
