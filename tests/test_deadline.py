@@ -1,0 +1,81 @@
+"""The deadline-aware gate's pure decisions: drain rate, predicted wait, admission. No
+servers, time passed in."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from producers.deadline import DEADLINE, Drain, admit, drain_after, predicted_wait
+from producers.pressure import decide
+from sluice.priorities import PressureLevel as L
+from sluice.priorities import Priority as P
+
+DEPTHS = {"critical": 10, "high": 20, "normal": 30, "low": 40}
+
+
+@pytest.mark.parametrize("priority, ahead", [(P.CRITICAL, 10), (P.HIGH, 30), (P.NORMAL, 60),
+                                             (P.LOW, 100)])
+def test_the_wait_counts_only_the_queues_at_and_above_the_priority(priority: P,
+                                                                    ahead: int) -> None:
+    assert predicted_wait(DEPTHS, priority, rate=10.0) == ahead / 10.0
+
+
+def test_no_work_ahead_no_wait_and_no_drain_with_work_ahead_is_forever() -> None:
+    assert predicted_wait({"low": 5}, P.HIGH, rate=0.0) == 0.0
+    assert predicted_wait(DEPTHS, P.LOW, rate=0.0) == math.inf
+    assert predicted_wait(DEPTHS, P.LOW, rate=None) == 0.0  # not measured: no evidence
+
+
+def test_the_drain_follows_the_starts_and_ignores_idle_ticks() -> None:
+    d = drain_after(Drain(), started=0, waiting=0, now=0.0)
+    assert d == Drain(rate=None, at=0.0)
+    d = drain_after(d, started=50, waiting=100, now=0.5)
+    assert d.rate == 100.0
+    idle = drain_after(d, started=0, waiting=0, now=10.0)
+    assert idle.rate == 100.0 and idle.at == 10.0
+    slower = d
+    for step in range(1, 40):  # capacity halves: the rate follows within a few seconds
+        slower = drain_after(slower, started=25, waiting=100, now=0.5 + step * 0.5)
+    assert 49 < slower.rate < 52  # type: ignore[operator]
+
+
+@given(rate=st.floats(1, 1e5), started=st.integers(0, 10**6), waiting=st.integers(0, 10**6),
+       dt=st.floats(0.01, 60))
+def test_the_drain_stays_between_the_old_rate_and_the_sample(rate: float, started: int,
+                                                             waiting: int, dt: float) -> None:
+    new = drain_after(Drain(rate=rate, at=0.0), started, waiting, dt).rate
+    assert new is not None
+    sample = started / dt
+    if waiting or started:
+        assert min(rate, sample) - 1e-6 <= new <= max(rate, sample) + 1e-6
+    else:
+        assert new == rate
+
+
+@given(level=st.sampled_from(list(L)), wait=st.floats(0, 1e6) | st.just(math.inf),
+       deadline=st.none() | st.floats(0, 1e6))
+def test_critical_is_never_refused_for_its_deadline(level: L, wait: float,
+                                                   deadline: float | None) -> None:
+    assert admit(level, P.CRITICAL, wait, deadline).allowed
+
+
+@given(level=st.sampled_from(list(L)), priority=st.sampled_from(list(P)),
+       wait=st.floats(0, 1e6) | st.just(math.inf), deadline=st.none() | st.floats(0, 1e6))
+def test_admission_is_the_depth_table_and_the_deadline(level: L, priority: P, wait: float,
+                                                       deadline: float | None) -> None:
+    table, got = decide(level, priority), admit(level, priority, wait, deadline)
+    if not table.allowed:
+        assert got == table  # the depth table refuses first, with its own reason
+    elif priority is P.CRITICAL or deadline is None or wait + table.delay_ms / 1000 <= deadline:
+        assert got == table
+    else:
+        assert not got.allowed and got.reason == DEADLINE and got.retry_after_s >= 1
+
+
+def test_a_refusal_says_when_the_job_would_fit() -> None:
+    d = admit(L.NORMAL, P.LOW, wait_s=400.0, deadline_s=300.0)
+    assert d.reason == DEADLINE and d.retry_after_s == 100.0
