@@ -49,23 +49,25 @@ def reset_default_producer() -> None:
 
 def submit(task_name: str, payload: Any, *, priority: Priority | str | None = None,
            idempotency_key: str | None = None, countdown: float | None = None,
-           expires: float | None = None) -> Receipt:
+           deadline: float | None = None) -> Receipt:
     """Submit one job through the gate. See `Producer.submit`."""
     return default_producer().submit(task_name, payload, priority=priority,
                                       idempotency_key=idempotency_key, countdown=countdown,
-                                      expires=expires)
+                                      deadline=deadline)
 
 
 def submit_many(task_name: str, payloads: Sequence[Any], *,
-                priority: Priority | str | None = None) -> list[Receipt | Rejected]:
+                priority: Priority | str | None = None,
+                deadline: float | None = None) -> list[Receipt | Rejected]:
     """Submit a batch in one pipeline. See `Producer.submit_many`."""
-    return default_producer().submit_many(task_name, payloads, priority=priority)
+    return default_producer().submit_many(task_name, payloads, priority=priority,
+                                          deadline=deadline)
 
 
 async def submit_async(task_name: str, payload: Any, *, priority: Priority | str | None = None,
                        idempotency_key: str | None = None, countdown: float | None = None,
-                       expires: float | None = None) -> Receipt:
+                       deadline: float | None = None) -> Receipt:
     """`submit` for asyncio applications. See `Producer.submit_async`."""
     return await default_producer().submit_async(
         task_name, payload, priority=priority, idempotency_key=idempotency_key,
-        countdown=countdown, expires=expires)
+        countdown=countdown, deadline=deadline)

@@ -26,7 +26,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from producers import killswitch
 from producers.monitor import PressureEvent, PressureMonitor
 from producers.outbox import OutboxEntry, add_to_outbox, flush_outbox
-from producers.pressure import BROKER_UNAVAILABLE, KILL_SWITCH, Decision, Thresholds, decide
+from producers.deadline import admit
+from producers.pressure import BROKER_UNAVAILABLE, KILL_SWITCH, Decision, Thresholds
 from producers.sending import Outcome, Outgoing, Sent, fence, is_not_sent, send_many
 from producers.wire import encode
 from sluice.errors import InvalidOption, OutcomeUnknown, Rejected, UnknownTask
@@ -144,9 +145,11 @@ class Producer:
 
     def submit(self, task_name: str, payload: Any, *, priority: Priority | str | None = None,
                idempotency_key: str | None = None, countdown: float | None = None,
-               expires: float | None = None) -> Receipt:
-        """Submit one job; raises Rejected, InvalidPayload, InvalidOption or UnknownTask."""
-        plan = self.plan(task_name, payload, priority, idempotency_key, expires, countdown)
+               deadline: float | None = None) -> Receipt:
+        """Submit one job; raises Rejected, InvalidPayload, InvalidOption or UnknownTask.
+        `deadline`: seconds the job may wait before it starts (default: the task's, else
+        the priority's `SLUICE_MAX_WAIT_*`)."""
+        plan = self.plan(task_name, payload, priority, idempotency_key, deadline, countdown)
         return self.execute(plan)
 
     def execute(self, plan: Plan) -> Receipt:
@@ -158,7 +161,7 @@ class Producer:
 
     def submit_many(self, task_name: str, payloads: Sequence[Any], *,
                     priority: Priority | str | None = None,
-                    expires: float | None = None) -> list[Receipt | Rejected]:
+                    deadline: float | None = None) -> list[Receipt | Rejected]:
         """Submit a batch in one pipeline; a Receipt or a Rejected per item, in order.
 
         Every payload is validated first: one invalid payload raises InvalidPayload (naming
@@ -169,7 +172,7 @@ class Producer:
         plans: list[Plan | Rejected] = []
         for index, payload in enumerate(payloads):
             try:
-                plans.append(self.plan(task_name, payload, priority, None, expires, None))
+                plans.append(self.plan(task_name, payload, priority, None, deadline, None))
             except Rejected as rej:
                 plans.append(rej)
             except InvalidPayload as exc:
@@ -185,10 +188,10 @@ class Producer:
     async def submit_async(self, task_name: str, payload: Any, *,
                            priority: Priority | str | None = None,
                            idempotency_key: str | None = None, countdown: float | None = None,
-                           expires: float | None = None) -> Receipt:
+                           deadline: float | None = None) -> Receipt:
         """`submit` for asyncio: the delay is awaited, the I/O runs in a worker thread.
         Cancelled during the delay, it has sent and claimed nothing."""
-        plan = self.plan(task_name, payload, priority, idempotency_key, expires, countdown)
+        plan = self.plan(task_name, payload, priority, idempotency_key, deadline, countdown)
         if plan.decision.delay_ms:
             await asyncio.sleep(plan.decision.delay_ms / 1000)
         return await asyncio.to_thread(self._send, plan)
@@ -196,7 +199,7 @@ class Producer:
     # -- planning (in memory) ----------------------------------------------------------
 
     def plan(self, task_name: str, payload: Any, priority: Priority | str | None,
-             key: str | None = None, expires: float | None = None,
+             key: str | None = None, deadline: float | None = None,
              countdown: float | None = None, origin: str | None = None, *,
              effect_key: str | None = None, generation: int = 0) -> Plan:
         """Validate and pass the gate without any I/O; raises Rejected when shed."""
@@ -204,22 +207,35 @@ class Producer:
         prio = Priority.parse(priority) if priority is not None else task.sluice_priority
         validate_payload(task_name, task.payload_model, payload)
         check_countdown(countdown, task, self.settings)
+        deadline = self._deadline(deadline, task, prio)
         snap = self.monitor.current()
         blocked = killswitch.blocking_switch(snap.killswitches, task_name, prio)
         if blocked is not None:
             self.monitor.count(f"{prio.name}:killed")
             raise Rejected(KILL_SWITCH, snap.level, prio, 30.0, task_name)
-        decision = decide(snap.level, prio)
+        wait = 0.0 if countdown else snap.wait_for(prio)  # a countdown job is not due yet
+        decision = admit(snap.level, prio, wait, deadline)
         if not decision.allowed:
             self.monitor.count(f"{prio.name}:shed")
             raise Rejected(decision.reason or "", snap.level, prio, decision.retry_after_s,
                            task_name)
-        if expires is None:
-            expires = self.settings.expires_for(prio)
+        expires = None if deadline is None else deadline + (countdown or 0.0)
         return Plan(task_name=task_name, payload=payload, priority=prio, level=snap.level,
                     decision=decision, key=key, expires=expires, countdown=countdown,
                     origin=origin, effect_key=effect_key, generation=generation,
                     printable=repr([mask_secrets(task.payload_model, payload)]))
+
+    def _deadline(self, deadline: float | None, task: Any, priority: Priority) -> float | None:
+        """The submission's deadline, else the task's `max_wait`, else the priority's;
+        CRITICAL has none. Out of range: InvalidOption naming it."""
+        if priority is Priority.CRITICAL:
+            return None
+        if deadline is None:
+            deadline = getattr(task, "max_wait", None) or self.settings.max_wait_for(priority)
+        if deadline is not None and not (math.isfinite(deadline) and deadline > 0):
+            raise InvalidOption(f"deadline {deadline!r} for {task.name!r} must be a positive "
+                                "number of seconds")
+        return deadline
 
     # -- I/O ---------------------------------------------------------------------------
 

@@ -34,16 +34,18 @@ class Drain:
 def drain_after(previous: Drain, started: int, waiting: int, now: float,
                 half_life_s: float = 2.0) -> Drain:
     """The drain after a tick that saw `started` job starts since `previous.at`, with
-    `waiting` jobs queued. A tick with nothing waiting says nothing about capacity and keeps
-    the old rate; the first tick only sets the clock."""
+    `waiting` jobs queued. A tick with nothing waiting says nothing about capacity (the
+    starts then follow arrivals) and keeps the old rate; the first tick only sets the clock;
+    the rate stays unknown until a first start is seen (then it can decay to 0 when workers
+    stop: a rate of 0 is measured, never assumed)."""
     if previous.at is None or now <= previous.at:
         return Drain(rate=previous.rate, at=now)
     elapsed = now - previous.at
-    if waiting == 0 and started == 0:
+    if waiting == 0:  # starts with an empty queue measure arrivals, not capacity
         return Drain(rate=previous.rate, at=now)
     sample = started / elapsed
-    if previous.rate is None:
-        return Drain(rate=sample, at=now)
+    if previous.rate is None:  # no start seen yet: no evidence of capacity, or of its lack
+        return Drain(rate=sample if started else None, at=now)
     keep = 0.5 ** (elapsed / half_life_s)
     return Drain(rate=keep * previous.rate + (1 - keep) * sample, at=now)
 

@@ -18,9 +18,11 @@ from dataclasses import dataclass, field
 
 import redis
 
+from producers.deadline import Drain, drain_after, predicted_wait
 from producers.pressure import LevelState, Thresholds, level_for
 from sluice import keys
-from sluice.priorities import QUEUES, PressureLevel
+from sluice.message import waited
+from sluice.priorities import QUEUES, PressureLevel, Priority
 
 __all__ = ["PressureEvent", "Snapshot", "PressureMonitor"]
 
@@ -35,21 +37,41 @@ class PressureEvent:
     new: PressureLevel
     depth: int
     at: float
+    drain_rate: float | None = None
+    waits: dict[str, float] = field(default_factory=dict)  #: predicted wait per priority
 
     def to_json(self) -> str:
         return json.dumps({"event": "pressure_change", "old": self.old.name,
-                           "new": self.new.name, "depth": self.depth, "at": self.at})
+                           "new": self.new.name, "depth": self.depth, "at": self.at,
+                           "drain_rate": self.drain_rate, "predicted_wait_s": self.waits})
 
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
-    """What the last tick saw."""
+    """What the last tick saw: the level, depth per queue, kill switches, how fast jobs
+    start (`drain`) and how long the oldest job of each queue has waited (`oldest`)."""
 
     level: PressureLevel
     depth: int = 0
     depths: dict[str, int] = field(default_factory=dict)
     killswitches: dict[str, str] = field(default_factory=dict)
     at: float = 0.0
+    drain: Drain = field(default_factory=Drain)
+    oldest: dict[str, float] = field(default_factory=dict)
+
+    def wait_for(self, priority: Priority) -> float:
+        """The predicted wait before a job of `priority` submitted now starts."""
+        return predicted_wait(self.depths, priority, self.drain.rate)
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """One round trip's readings."""
+
+    depths: dict[str, int]
+    switches: dict[str, str]
+    started: int
+    oldest: dict[str, float]
 
 
 PressureHook = Callable[[PressureEvent], None]
@@ -73,6 +95,7 @@ class PressureMonitor:
         self._thread: threading.Thread | None = None
         self._pid = os.getpid()
         self._tick_lock = threading.Lock()
+        self._started: int | None = None  # the shared job-start counter at the last tick
 
     @property
     def level(self) -> PressureLevel:
@@ -111,38 +134,59 @@ class PressureMonitor:
             old = self.snapshot.level
             snap = self._tick(self.clock() if now is None else now)
         if snap.level is not old:  # outside the lock: a slow subscriber delays no sample
-            self._emit(PressureEvent(old, snap.level, snap.depth, snap.at))
+            self._emit(PressureEvent(old, snap.level, snap.depth, snap.at, snap.drain.rate,
+                                     {p.name: min(snap.wait_for(p), 1e9) for p in Priority}))
         return snap
 
     def _tick(self, now: float) -> Snapshot:
         with self._lock:
             counts, self._counts = self._counts, collections.Counter()
         try:
-            depths, switches = self._sample(counts)
+            sample = self._sample(counts, now)
         except redis.RedisError as exc:
             self._restore(counts)
             if self.snapshot.level is not PressureLevel.UNKNOWN:
                 log.error("Redis unreachable (%s): pressure level UNKNOWN", type(exc).__name__)
-            return self._set(Snapshot(PressureLevel.UNKNOWN, at=now))
-        depth = sum(depths.values())
+            return self._set(Snapshot(PressureLevel.UNKNOWN, at=now, drain=self.snapshot.drain))
+        depth = sum(sample.depths.values())
         self._state = level_for(depth, self.thresholds, self._state, now)
-        return self._set(Snapshot(self._state.level, depth, depths, switches, now))
+        started = sample.started - self._started if self._started is not None else 0
+        self._started = sample.started
+        drain = drain_after(self.snapshot.drain, max(0, started), depth, now)
+        return self._set(Snapshot(self._state.level, depth, sample.depths, sample.switches, now,
+                                  drain, sample.oldest))
 
-    def _sample(self, counts: collections.Counter[str]) -> tuple[dict[str, int], dict[str, str]]:
+    def _sample(self, counts: collections.Counter[str], now: float) -> Sample:
         pipe = self.client.pipeline(transaction=False)
         for q in QUEUES:
             pipe.llen(q)
+        for q in QUEUES:
+            pipe.lindex(q, -1)  # LPUSH + BRPOP: the oldest job is the list's last element
         pipe.hgetall(keys.KILL_SWITCHES)
+        pipe.get(keys.STARTED)
         for name, n in counts.items():
             pipe.hincrby(keys.SUBMISSIONS, name, n)
         if self.snapshot.level is not PressureLevel.UNKNOWN:  # last tick's view, for the CLI
-            pipe.hset(keys.PRESSURE_STATE, mapping={
-                "level": self.snapshot.level.name, "depth": self.snapshot.depth,
-                "at": self.snapshot.at})
+            pipe.hset(keys.PRESSURE_STATE, mapping=self._state_fields())
         replies = pipe.execute()
-        depths = dict(zip(QUEUES, (int(n) for n in replies[: len(QUEUES)])))
-        switches = {k.decode(): v.decode() for k, v in replies[len(QUEUES)].items()}
-        return depths, switches
+        n = len(QUEUES)
+        return Sample(
+            depths=dict(zip(QUEUES, (int(r) for r in replies[:n]), strict=True)),
+            oldest={q: waited(raw, now) for q, raw in zip(QUEUES, replies[n:2 * n],
+                                                          strict=True)},
+            switches={k.decode(): v.decode() for k, v in replies[2 * n].items()},
+            started=int(replies[2 * n + 1] or 0))
+
+    def _state_fields(self) -> dict[str, str | float | int]:
+        snap = self.snapshot
+        fields: dict[str, str | float | int] = {
+            "level": snap.level.name, "depth": snap.depth, "at": snap.at,
+            "drain_rate": -1.0 if snap.drain.rate is None else round(snap.drain.rate, 3)}
+        for priority in Priority:
+            fields[f"wait:{priority.name}"] = round(min(snap.wait_for(priority), 1e9), 3)
+        for queue, age in snap.oldest.items():
+            fields[f"oldest:{queue}"] = round(age, 3)
+        return fields
 
     def _restore(self, counts: collections.Counter[str]) -> None:
         with self._lock:

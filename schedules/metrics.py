@@ -6,8 +6,6 @@ outcome, retries by task) are exported as they are, so one endpoint shows every 
 
 from __future__ import annotations
 
-import json
-import math
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -22,7 +20,7 @@ from dlq.store import DeadLetterStore
 from producers.outbox import outbox_size
 from sluice import keys
 from sluice.connections import redis_client
-from sluice.message import H_SUBMITTED
+from sluice.message import waited
 from sluice.priorities import QUEUES, PressureLevel
 from sluice.settings import get_settings
 
@@ -33,14 +31,7 @@ def oldest_age(client: redis.Redis, queue: str, now: float) -> float:
     """Seconds the oldest waiting job of `queue` has waited (0 when empty).
 
     Producers LPUSH and workers BRPOP, so the oldest job is the list's last element."""
-    raw = client.lindex(queue, -1)
-    if not raw:
-        return 0.0
-    try:  # any item may be garbage: one bad message must not break every scrape
-        submitted = float(json.loads(raw)["headers"][H_SUBMITTED])
-    except (ValueError, KeyError, TypeError, AttributeError):
-        return 0.0
-    return max(0.0, now - submitted) if math.isfinite(submitted) else 0.0
+    return waited(client.lindex(queue, -1), now)
 
 
 class SluiceCollector(Collector):
@@ -81,11 +72,28 @@ class SluiceCollector(Collector):
             for name, n in client.hgetall(key).items():
                 fam.add_metric([name.decode()], int(n))
             yield fam
+        yield from self._deadline_metrics(client)
         stuck = client.hgetall(keys.STUCK)
         fam = GaugeMetricFamily("sluice_stuck_jobs", "Jobs reserved too long", labels=["kind"])
         for kind, n in stuck.items():
             fam.add_metric([kind.decode()], int(n))
         yield fam
+
+    def _deadline_metrics(self, client: redis.Redis) -> Iterator[Any]:
+        """The producers' drain rate and predicted waits (the signal to autoscale on: when
+        CRITICAL's predicted wait grows, only more workers help)."""
+        state = {k.decode(): v.decode() for k, v in client.hgetall(keys.PRESSURE_STATE).items()}
+        rate = float(state.get("drain_rate", -1))
+        if rate >= 0:
+            yield GaugeMetricFamily("sluice_drain_rate", "Jobs started per second (smoothed)",
+                                    value=rate)
+        waits = GaugeMetricFamily("sluice_predicted_wait_seconds",
+                                  "Predicted wait before a job submitted now starts",
+                                  labels=["priority"])
+        for name, value in state.items():
+            if name.startswith("wait:"):
+                waits.add_metric([name.removeprefix("wait:")], float(value))
+        yield waits
 
     def _level(self, client: redis.Redis, depth: int) -> GaugeMetricFamily:
         state = client.hgetall(keys.PRESSURE_STATE)

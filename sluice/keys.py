@@ -16,6 +16,8 @@ DLQ_SPOOL = PREFIX + "dlq:spool"
 SUBMISSIONS = PREFIX + "stats:submissions"
 #: hash of counters: pressure level changes by the level entered.
 PRESSURE_CHANGES = PREFIX + "stats:pressure_changes"
+#: counter: jobs started, by every worker (the monitor turns it into a drain rate).
+STARTED = PREFIX + "stats:started"
 #: hash of counters: retries by task name.
 RETRIES = PREFIX + "stats:retries"
 #: hash of counters: expired (dropped stale) jobs by task name.

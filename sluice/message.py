@@ -4,6 +4,8 @@ carries beside Celery's own, payload validation, and the masking of secret field
 from __future__ import annotations
 
 import functools
+import json
+import math
 from typing import Any
 
 from pydantic import BaseModel, SecretBytes, SecretStr, ValidationError
@@ -11,7 +13,7 @@ from pydantic import BaseModel, SecretBytes, SecretStr, ValidationError
 from sluice.errors import InvalidPayload
 
 __all__ = ["H_KEY", "H_SUBMITTED", "H_PRIORITY", "H_ORIGIN", "H_GENERATION", "SECRET",
-           "MASK", "validate_payload", "mask_secrets", "secret_fields"]
+           "MASK", "waited", "validate_payload", "mask_secrets", "secret_fields"]
 
 #: what the job's effects are keyed by (the idempotency key, or a replayed job's original key)
 H_KEY = "sluice_key"
@@ -27,6 +29,18 @@ H_GENERATION = "sluice_generation"
 #: Mark a payload field secret with `Field(json_schema_extra=SECRET)` (or type it SecretStr).
 SECRET = {"secret": True}
 MASK = "***"
+
+
+def waited(raw: bytes | str | None, now: float) -> float:
+    """Seconds a queued message has waited since it was sent (0 when it is not a Sluice
+    message: a queue is anyone's to write to, and one bad item must not break a reader)."""
+    if not raw:
+        return 0.0
+    try:
+        submitted = float(json.loads(raw)["headers"][H_SUBMITTED])
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return 0.0
+    return max(0.0, now - submitted) if math.isfinite(submitted) else 0.0
 
 
 def validate_payload(task_name: str, model: type[BaseModel], payload: Any) -> BaseModel:

@@ -60,9 +60,11 @@ class Settings(BaseSettings):
     worker_eta_task_limit: int = Field(1000, gt=0)
     drain_seconds: float = Field(25.0, ge=0)
     idempotency_ttl: int = Field(86400, gt=0)
-    expires_high: float | None = Field(3600.0, gt=0)
-    expires_normal: float | None = Field(3600.0, gt=0)
-    expires_low: float | None = Field(900.0, gt=0)
+    # Deadlines: the longest a job of each priority may wait before it starts. The gate
+    # refuses a job whose predicted wait exceeds it; a job not started by then is dropped.
+    max_wait_high: float = Field(10.0, gt=0)
+    max_wait_normal: float = Field(60.0, gt=0)
+    max_wait_low: float = Field(300.0, gt=0)
     retry_backoff_base: int | None = Field(None, ge=0)  # overrides every task's base; 0 = none
     retry_jitter: bool = True
 
@@ -131,10 +133,10 @@ class Settings(BaseSettings):
         """(warning, critical, shed) depth thresholds."""
         return (self.pressure_warning, self.pressure_critical, self.pressure_shed)
 
-    def expires_for(self, priority: Priority) -> float | None:
-        """Default deadline for a job of `priority`; CRITICAL jobs never expire."""
-        return {Priority.CRITICAL: None, Priority.HIGH: self.expires_high,
-                Priority.NORMAL: self.expires_normal, Priority.LOW: self.expires_low}[priority]
+    def max_wait_for(self, priority: Priority) -> float | None:
+        """Default deadline for a job of `priority`; CRITICAL has none."""
+        return {Priority.CRITICAL: None, Priority.HIGH: self.max_wait_high,
+                Priority.NORMAL: self.max_wait_normal, Priority.LOW: self.max_wait_low}[priority]
 
     def safe_dict(self) -> dict[str, object]:
         """The settings with secrets masked, for `sluice doctor` and logs."""

@@ -89,6 +89,10 @@ def _make_env(redis_server: RedisServer, database_url: str, tmp_path: Path,
         "SLUICE_DATA_DIR": str(env.data_dir),
         "SLUICE_SPOOL_PATH": str(tmp_path / "spool.jsonl"),
         "SLUICE_PRESSURE_INTERVAL": "0.1",
+        # deadlines long enough that a slow CI machine never expires a job in a test that is
+        # not about deadlines (those set their own)
+        "SLUICE_MAX_WAIT_HIGH": "600", "SLUICE_MAX_WAIT_NORMAL": "600",
+        "SLUICE_MAX_WAIT_LOW": "600",
         **{f"SLUICE_{k.upper()}": str(v) for k, v in settings.items()},
     }
     for key in [k for k in os.environ if k.startswith("SLUICE_")]:

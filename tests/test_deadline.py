@@ -33,9 +33,10 @@ def test_no_work_ahead_no_wait_and_no_drain_with_work_ahead_is_forever() -> None
 def test_the_drain_follows_the_starts_and_ignores_idle_ticks() -> None:
     d = drain_after(Drain(), started=0, waiting=0, now=0.0)
     assert d == Drain(rate=None, at=0.0)
+    assert drain_after(d, started=0, waiting=100, now=0.4).rate is None  # nothing seen yet
     d = drain_after(d, started=50, waiting=100, now=0.5)
     assert d.rate == 100.0
-    idle = drain_after(d, started=0, waiting=0, now=10.0)
+    idle = drain_after(d, started=3, waiting=0, now=10.0)  # a trickle, not the capacity
     assert idle.rate == 100.0 and idle.at == 10.0
     slower = d
     for step in range(1, 40):  # capacity halves: the rate follows within a few seconds
@@ -50,7 +51,7 @@ def test_the_drain_stays_between_the_old_rate_and_the_sample(rate: float, starte
     new = drain_after(Drain(rate=rate, at=0.0), started, waiting, dt).rate
     assert new is not None
     sample = started / dt
-    if waiting or started:
+    if waiting:
         assert min(rate, sample) - 1e-6 <= new <= max(rate, sample) + 1e-6
     else:
         assert new == rate

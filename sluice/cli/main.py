@@ -12,6 +12,7 @@ from typing import Any, Optional
 
 import typer
 
+from sluice import keys
 from sluice.cli.output import FAILURE, REJECTED, USAGE, console, emit, err, fail
 from sluice.errors import (ConfigError, InvalidOption, InvalidPayload, NotFound,
                            PendingMigrations, Rejected, ReplayRefused, SluiceError,
@@ -82,6 +83,8 @@ def submit(task: str = typer.Argument(..., help="Task name, e.g. email.send"),
            priority: Optional[str] = typer.Option(None, "--priority", "-P"),
            key: Optional[str] = typer.Option(None, "--key", help="Idempotency key"),
            countdown: Optional[float] = typer.Option(None, "--countdown", min=0),
+           deadline: Optional[float] = typer.Option(
+               None, "--deadline", help="Seconds it may wait before it starts"),
            as_json: bool = JSON) -> None:
     """Submit one job through the gate (exit 3 when the gate rejects it)."""
     from producers import default_producer
@@ -93,7 +96,7 @@ def submit(task: str = typer.Argument(..., help="Task name, e.g. email.send"),
     producer = default_producer()
     try:
         receipt = producer.submit(task, data, priority=priority, idempotency_key=key,
-                                  countdown=countdown)
+                                  countdown=countdown, deadline=deadline)
     finally:
         producer.close()
     row = {"task_id": receipt.task_id, "task": task, "queue": receipt.queue,
@@ -104,15 +107,25 @@ def submit(task: str = typer.Argument(..., help="Task name, e.g. email.send"),
 
 
 def _pressure_rows() -> dict[str, Any]:
+    from producers.deadline import predicted_wait
     from producers.monitor import PressureMonitor
     from producers.pressure import Thresholds
     from sluice.connections import redis_client
+    from sluice.priorities import Priority
     from sluice.settings import get_settings
 
     s = get_settings()
     monitor = PressureMonitor(redis_client(), Thresholds.from_settings(s))
     snap = monitor.tick()
+    shared = {k.decode(): v.decode() for k, v in
+              redis_client().hgetall(keys.PRESSURE_STATE).items()}  # producers' drain rate
+    rate = float(shared.get("drain_rate", -1)) if snap.drain.rate is None else snap.drain.rate
+    rate_or_none = rate if rate >= 0 else None
     return {"level": snap.level.name, "depth": snap.depth, "depths": snap.depths,
+            "oldest_age_s": {q: round(a, 3) for q, a in snap.oldest.items()},
+            "drain_rate": rate_or_none,
+            "predicted_wait_s": {p.name: round(predicted_wait(snap.depths, p, rate_or_none), 3)
+                                 for p in Priority},
             "thresholds": {"warning": s.pressure_warning, "critical": s.pressure_critical,
                            "shed": s.pressure_shed}, "killswitches": snap.killswitches}
 
@@ -146,12 +159,14 @@ def pressure(watch: bool = typer.Option(False, "--watch", help="Live view until 
 def _pressure_table(data: dict[str, Any]) -> Any:
     from sluice.cli.output import table
 
-    rows = [{"queue": q, "depth": n} for q, n in data["depths"].items()]
+    waits = data["predicted_wait_s"]
+    rows = [{"queue": q, "depth": n, "oldest_age_s": data["oldest_age_s"].get(q, 0),
+             "predicted_wait_s": waits.get(q.upper())} for q, n in data["depths"].items()]
     rows.append({"queue": "total", "depth": data["depth"]})
-    t = data["thresholds"]
-    title = (f"level {data['level']}  (warning {t['warning']}, critical {t['critical']}, "
-             f"shed {t['shed']})")
-    return table(rows, ["queue", "depth"], title)
+    t, rate = data["thresholds"], data["drain_rate"]
+    title = (f"level {data['level']}  drain {'?' if rate is None else f'{rate:.1f}'} jobs/s  "
+             f"(warning {t['warning']}, critical {t['critical']}, shed {t['shed']})")
+    return table(rows, ["queue", "depth", "oldest_age_s", "predicted_wait_s"], title)
 
 
 # -- kill switches ---------------------------------------------------------------------------
