@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import typing
 from typing import Any
 
 from pydantic import BaseModel, SecretBytes, SecretStr, ValidationError
@@ -56,23 +57,93 @@ def validate_payload(task_name: str, model: type[BaseModel], payload: Any) -> Ba
 
 
 def mask_secrets(model: type[BaseModel], payload: Any) -> Any:
-    """A copy of `payload` with every field the model marks secret replaced by `***`
-    (for dead-letter rows and the message's printable `argsrepr`)."""
-    secret = secret_fields(model)
-    if not secret or not isinstance(payload, dict) or not secret & payload.keys():
+    """A copy of `payload` with every value the model marks secret replaced by `***`, at any
+    depth (nested models, lists and dicts of them, optionals), matched by field name, alias
+    or validation alias: for dead-letter rows, logs and the message's printable `argsrepr`."""
+    if not isinstance(payload, dict):
         return payload
-    return {k: MASK if k in secret else v for k, v in payload.items()}
+    fields = _fields_by_key(model)
+    out = {}
+    for key, value in payload.items():
+        kind = fields.get(key)
+        if kind is None:
+            out[key] = value
+        elif kind is _SECRET:
+            out[key] = MASK if value is not None else None
+        else:
+            out[key] = _mask_nested(kind, value)
+    return out
+
+
+def _mask_nested(model: type[BaseModel], value: Any) -> Any:
+    if isinstance(value, dict):
+        masked = mask_secrets(model, value)
+        # a dict[str, Model] field: mask each value when the keys are not the model's fields
+        if masked == value and value and not set(value) & set(_fields_by_key(model)):
+            return {k: _mask_nested(model, v) for k, v in value.items()}
+        return masked
+    if isinstance(value, list | tuple):
+        return [_mask_nested(model, v) for v in value]
+    return value
+
+
+_SECRET = object()
 
 
 @functools.cache
-def secret_fields(model: type[BaseModel]) -> frozenset[str]:
-    """Names (and aliases) of the fields of `model` marked secret."""
-    names: set[str] = set()
+def _fields_by_key(model: type[BaseModel]) -> dict[str, Any]:
+    """Every key a payload may use for a field (name, alias, validation aliases) -> `_SECRET`
+    when its value is secret, or the nested model to walk into."""
+    out: dict[str, Any] = {}
     for name, info in model.model_fields.items():
         extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
-        if info.annotation in _SECRET_TYPES or extra.get("secret"):
-            names |= {name, info.alias or name}
-    return frozenset(names)
+        if extra.get("secret") or _has_secret_type(info.annotation):
+            kind: Any = _SECRET
+        else:
+            kind = _nested_model(info.annotation)
+            if kind is None:
+                continue
+        for key in _keys_of(name, info):
+            out[key] = kind
+    return out
 
 
-_SECRET_TYPES = (SecretStr, SecretBytes, SecretStr | None, SecretBytes | None)
+def _keys_of(name: str, info: Any) -> set[str]:
+    keys = {name}
+    if info.alias:
+        keys.add(info.alias)
+    alias = info.validation_alias
+    choices = getattr(alias, "choices", None)
+    for one in (choices if choices is not None else [alias]):
+        if isinstance(one, str):
+            keys.add(one)
+        path = getattr(one, "path", None)
+        if path and isinstance(path[0], str):
+            keys.add(path[0])
+    return keys
+
+
+def _type_args(annotation: Any) -> list[Any]:
+    """`annotation` and every type inside it (Optional, list, dict, Annotated, unions)."""
+    seen, todo = [], [annotation]
+    while todo:
+        current = todo.pop()
+        seen.append(current)
+        todo.extend(typing.get_args(current))
+    return seen
+
+
+def _has_secret_type(annotation: Any) -> bool:
+    return any(t in (SecretStr, SecretBytes) for t in _type_args(annotation))
+
+
+def _nested_model(annotation: Any) -> type[BaseModel] | None:
+    for t in _type_args(annotation):
+        if isinstance(t, type) and issubclass(t, BaseModel):
+            return t
+    return None
+
+
+def secret_fields(model: type[BaseModel]) -> frozenset[str]:
+    """The top-level keys of `model` whose values are secret (names and aliases)."""
+    return frozenset(k for k, kind in _fields_by_key(model).items() if kind is _SECRET)

@@ -147,12 +147,26 @@ class Settings(BaseSettings):
 
 
 def mask_url(url: str) -> str:
-    """`redis://:secret@host` -> `redis://:***@host`: a URL safe to print."""
+    """A URL safe to print: the password in the userinfo (`redis://:secret@host`) and in any
+    query parameter that names one (`?password=...`, `?pass=...`) become `***`."""
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return parts._replace(netloc=netloc).geturl()
+    netloc = parts.netloc
+    if parts.password is not None:
+        userinfo, _, host = netloc.rpartition("@")
+        user = userinfo.partition(":")[0]
+        netloc = f"{user}:***@{host}"
+    query = "&".join(_mask_param(p) for p in parts.query.split("&")) if parts.query else ""
+    if netloc != parts.netloc:
+        url = url.replace(parts.netloc, netloc, 1)
+    if query != parts.query:
+        url = url.replace("?" + parts.query, "?" + query, 1)
+    return url
+
+
+def _mask_param(param: str) -> str:
+    name, sep, _value = param.partition("=")
+    secret = any(word in name.lower() for word in ("password", "pass", "secret", "token"))
+    return f"{name}{sep}***" if secret and sep else param
 
 
 def unknown_variables(environ: Mapping[str, str]) -> list[str]:
