@@ -80,6 +80,9 @@ def celery_config(settings: Settings) -> dict[str, object]:
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "task_acks_on_failure_or_timeout": True,
+        # a reconnect lets running jobs finish; they are acked then (sluice.transport), so
+        # they run once (Celery 6 would cancel them, and they would run again)
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
         "worker_prefetch_multiplier": 1,
         "worker_eta_task_limit": settings.worker_eta_task_limit,
         "worker_soft_shutdown_timeout": settings.drain_seconds,

@@ -195,7 +195,7 @@ def test_garbage_on_every_queue_is_dead_lettered_and_the_worker_keeps_serving(
 
 def test_an_expired_job_is_dropped_counted_and_not_dead_lettered(sluice_env: Env,
                                                                processes: Processes) -> None:
-    receipt = submit("analytics.track", {"event": "stale"}, expires=0.01)
+    receipt = submit("analytics.track", {"event": "stale"}, deadline=0.01)
     processes.worker()  # starting a worker takes far longer than the 10 ms deadline
     submit("analytics.track", {"event": "fresh"})
     wait_for(lambda: len(effects.read("analytics")) == 1, what="fresh job ran")
@@ -203,6 +203,7 @@ def test_an_expired_job_is_dropped_counted_and_not_dead_lettered(sluice_env: Env
              what="expiry counted")
     assert [r["event"] for r in effects.read("analytics")] == ["fresh"]
     assert _dead(receipt.task_id) == []
+    assert not sluice_env.client.hexists(keys.LEDGER, receipt.task_id)  # never re-sent
 
 
 @pytest.mark.parametrize("priority", list(Priority))

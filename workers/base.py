@@ -10,26 +10,57 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from contextvars import ContextVar
 from typing import Any, TypeVar
 
 from celery import Task
+from celery.app.task import Context
+from celery.worker.request import Request
 from pydantic import BaseModel
 
 from dlq.recorder import get_recorder
-from producers.api import mask_secrets, validate_payload
 from sluice import keys
 from sluice.app import app
 from sluice.connections import redis_client
-from sluice.errors import PermanentError
+from sluice.errors import ConfigError, PermanentError
+from sluice.message import (H_GENERATION, H_KEY, H_ORIGIN, H_PRIORITY, mask_secrets,
+                            validate_payload)
 from sluice.priorities import Priority
 from sluice.records import DeadLetterRecord
+from sluice.sealed import seal
 from sluice.settings import get_settings
 from workers.policy import failure_reason, policy_for
 
-__all__ = ["SluiceTask", "sluice_task"]
+__all__ = ["SluiceTask", "SluiceRequest", "sluice_task"]
 
 log = logging.getLogger("sluice.worker")
 F = TypeVar("F", bound=Callable[..., Any])
+
+#: the request whose hard time limit Celery is handling right now (worker main process)
+_TIMED_OUT: ContextVar[Request | None] = ContextVar("sluice_timed_out", default=None)
+
+
+class SluiceRequest(Request):
+    """Celery's worker-side request, telling `on_failure` whose hard time limit fired.
+
+    Celery handles a hard time limit in the worker's main process, where it calls the
+    task's `on_failure` directly: `task.request` there is no job's request (no priority,
+    origin or key headers), so the dead letter would get the task's defaults instead."""
+
+    def on_timeout(self, soft: bool, timeout: float) -> None:
+        token = _TIMED_OUT.set(self)
+        try:
+            super().on_timeout(soft, timeout)
+        finally:
+            _TIMED_OUT.reset(token)
+
+
+def job_effect_key(request: Any) -> str:
+    """What a job's side effects are keyed by: its `H_KEY` header (the idempotency key, or
+    the key a replay inherited), else the original task id of a replay, else its task id."""
+    return (getattr(request, H_KEY, None) or getattr(request, H_ORIGIN, None)
+            or getattr(request, "id", None) or "")
+
 
 class SluiceTask(Task):
     """Validates the payload, skips completed keyed jobs, dead-letters the final failure."""
@@ -37,12 +68,13 @@ class SluiceTask(Task):
     abstract = True
     sluice_priority: Priority = Priority.NORMAL
     payload_model: type[BaseModel] | None = None
+    Request = "workers.base:SluiceRequest"
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         raw = args[0] if args else kwargs
         assert self.payload_model is not None
         payload = validate_payload(self.name, self.payload_model, raw)  # permanent if invalid
-        key = getattr(self.request, "sluice_key", None)
+        key = getattr(self.request, H_KEY, None)
         if key and redis_client().exists(keys.done(key)):
             log.info("%s %s skipped: idempotency key %r already completed",
                      self.name, self.request.id, key)
@@ -55,33 +87,65 @@ class SluiceTask(Task):
 
     @property
     def effect_key(self) -> str:
-        """What a side effect is deduplicated by: the idempotency key, else the task id.
+        """What a side effect is deduplicated by (`job_effect_key`).
 
-        Redeliveries keep the task id, so an effect written to a sink that is idempotent by
-        this key (a unique constraint, `effects.put`) is applied once, whatever the timing of
-        a crash."""
-        return getattr(self.request, "sluice_key", None) or self.request.id or ""
+        Redeliveries keep the task id and replays keep the key, so an effect written to a
+        sink that is idempotent by this key (a unique constraint, `effects.put`) is applied
+        once, whatever the timing of a crash or a replay."""
+        return job_effect_key(self.request)
+
+    def _failed_request(self, task_id: str) -> Any:
+        """The failed job's request: `self.request`, except under a hard time limit."""
+        timed_out = _TIMED_OUT.get()
+        if timed_out is not None and timed_out.id == task_id:
+            return Context(timed_out.request_dict)
+        return self.request
 
     def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any,
                    einfo: Any) -> None:
         """The job failed for good: hand it to the dead-letter store (or its spool)."""
         reason, retryable = failure_reason(exc)
-        request = self.request
+        request = self._failed_request(task_id)
         raw = args[0] if args else kwargs
+        masked = mask_secrets(self.payload_model, raw) if self.payload_model else raw
+        priority = self._priority(request)
         now = time.time()
-        priority = Priority.parse(getattr(request, "sluice_priority", None)
-                                  or self.sluice_priority)
         record = DeadLetterRecord(
-            task_id=getattr(request, "sluice_origin", None) or task_id, task_name=self.name,
+            task_id=getattr(request, H_ORIGIN, None) or task_id, task_name=self.name,
             queue=priority.queue, priority=priority.name,
-            payload=mask_secrets(self.payload_model, raw) if self.payload_model else raw,
-            exc_type=type(exc).__name__, exc_message=str(exc)[:10_000],
+            payload=masked, exc_type=type(exc).__name__, exc_message=str(exc)[:10_000],
             traceback=str(einfo.traceback if einfo else "")[:50_000],
             attempts=(request.retries or 0) + 1, first_failed_at=now, last_failed_at=now,
-            reason=reason, retryable=retryable)
+            reason=reason, retryable=retryable, sealed=_seal(raw) if masked != raw else None,
+            effect_key=job_effect_key(request) or task_id,
+            generation=_int(getattr(request, H_GENERATION, 0)))
         where = get_recorder().record(record)
         log.error("%s %s dead-lettered (%s, %s, %d attempt(s)) -> %s", self.name, task_id,
                   reason, type(exc).__name__, record.attempts, where)
+
+    def _priority(self, request: Any) -> Priority:
+        """The priority the job was submitted with, else the task's default."""
+        try:
+            return Priority.parse(getattr(request, H_PRIORITY, None) or self.sluice_priority)
+        except ValueError:  # UnknownPriority
+            return self.sluice_priority
+
+
+def _seal(payload: Any) -> str | None:
+    """`seal`, but a bad key costs the sealed copy only, never the dead letter itself."""
+    try:
+        return seal(payload)
+    except ConfigError:
+        log.exception("payload not sealed")
+        return None
+
+
+def _int(value: Any) -> int:
+    """A header's integer; 0 when absent or garbled (a bad header must not cost the record)."""
+    try:
+        return int(value or 0)
+    except (TypeError, ValueError):
+        return 0
 
 
 def sluice_task(name: str, priority: Priority, payload: type[BaseModel], *,

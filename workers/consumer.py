@@ -2,59 +2,50 @@
 
 Stock Celery logs and drops a message it cannot decode (pickle, unknown content type), one
 that is not a task message, or one naming an unknown task. Each of those is now recorded in
-the dead-letter store with its reason and raw body, then acked as before, so the worker keeps
-serving and never crash-loops on it.
+the dead-letter store with its reason and raw body (the builder is the transport's, so a
+bad message looks the same whichever layer caught it), then acked as before, so the worker
+keeps serving and never crash-loops on it. A message that carries a task id leaves the
+ledger too: it will never start, so the reconcile job must not send it again.
+
+The consumer also runs `workers.lifecycle:Heartbeat`, which keeps the readiness key alive.
 """
 
 from __future__ import annotations
 
-import base64
-import logging
-import uuid
+import time
 from typing import Any
 
 from celery.worker.consumer import Consumer
 
-from dlq.recorder import get_recorder
-from sluice.records import MALFORMED_TASK, DeadLetterRecord
+from sluice.transport import bad_message_record, set_aside
+from workers.hooks import TaskDetail, emit
 from workers.policy import MALFORMED, UNKNOWN_TASK
 
 __all__ = ["SluiceConsumer", "record_bad_message"]
 
-log = logging.getLogger("sluice.worker")
-
-
-def _raw_body(message: Any) -> str:
-    body = getattr(message, "body", b"")
-    if isinstance(body, bytes):
-        try:
-            return body.decode("utf-8")[:65_536]
-        except UnicodeDecodeError:
-            return "base64:" + base64.b64encode(body[:49_152]).decode()
-    return str(body)[:65_536]
-
 
 def record_bad_message(message: Any, reason: str, exc: BaseException | None) -> None:
     """Dead-letter a message the worker cannot execute (never raises)."""
-    headers = getattr(message, "headers", None) or {}
+    headers = getattr(message, "headers", None)
+    headers = headers if isinstance(headers, dict) else {}
     info = getattr(message, "delivery_info", None) or {}
-    queue = str(info.get("routing_key") or "unknown")
-    record = DeadLetterRecord(
-        task_id=str(headers.get("id") or f"malformed-{uuid.uuid4()}"),
-        task_name=str(headers.get("task") or MALFORMED_TASK), queue=queue,
-        priority=queue.upper(),
-        payload={"raw": _raw_body(message),
-                 "content_type": getattr(message, "content_type", None)},
+    record = bad_message_record(
+        str(info.get("routing_key") or "unknown"), getattr(message, "body", b""),
+        str(exc) if exc else "not a task message", reason=reason,
         exc_type=type(exc).__name__ if exc else "MalformedMessage",
-        exc_message=str(exc) if exc else "not a task message", reason=reason, retryable=False)
-    try:
-        get_recorder().record(record)
-    except Exception:  # the spool failed as well: log loudly, keep the worker alive
-        log.exception("could not record bad message %s", record.task_id)
+        task_id=str(headers["id"]) if headers.get("id") else None,
+        task_name=str(headers["task"]) if headers.get("task") else None,
+        content_type=getattr(message, "content_type", None))
+    set_aside(record)
 
 
 class SluiceConsumer(Consumer):
     """Celery's consumer with dead-lettering of undecodable and unknown messages."""
+
+    class Blueprint(Consumer.Blueprint):
+        """Celery's consumer steps, plus the readiness heartbeat."""
+
+        default_steps = [*Consumer.Blueprint.default_steps, "workers.lifecycle:Heartbeat"]
 
     def on_decode_error(self, message: Any, exc: Exception) -> None:
         record_bad_message(message, MALFORMED, exc)
@@ -66,6 +57,10 @@ class SluiceConsumer(Consumer):
 
     def on_unknown_task(self, body: Any, message: Any, exc: Exception) -> None:
         record_bad_message(message, UNKNOWN_TASK, exc)
+        headers = getattr(message, "headers", None) or {}
+        if isinstance(headers, dict) and headers.get("id"):  # it will never start
+            emit("unknown", TaskDetail("unknown", str(headers["id"]),
+                                       str(headers.get("task") or "?"), at=time.time()))
         super().on_unknown_task(body, message, exc)
 
     def on_invalid_task(self, body: Any, message: Any, exc: Exception) -> None:

@@ -38,10 +38,18 @@ def _on_retry(sender: Any = None, request: Any = None, **_: Any) -> None:
 @signals.task_revoked.connect
 def _on_revoked(sender: Any = None, request: Any = None, expired: bool = False,
                 **_: Any) -> None:
-    if expired:
-        emit("expired", TaskDetail("expired", getattr(request, "id", ""),
-                                   getattr(sender, "name", None) or
-                                   getattr(request, "name", "?"), at=time.time()))
+    event = "expired" if expired else "revoked"
+    name = getattr(sender, "name", None) or getattr(request, "name", None) or "?"
+    emit(event, TaskDetail(event, getattr(request, "id", None) or "", name, at=time.time()))
+
+
+@signals.task_rejected.connect
+def _on_rejected(sender: Any = None, message: Any = None, **_: Any) -> None:
+    """Celery refused the message (not a task message, or an invalid one)."""
+    headers = getattr(message, "headers", None)
+    if isinstance(headers, dict) and headers.get("id"):
+        emit("rejected", TaskDetail("rejected", str(headers["id"]),
+                                    str(headers.get("task") or "?"), at=time.time()))
 
 
 @signals.worker_ready.connect

@@ -22,7 +22,8 @@ from dlq.store import DeadLetterStore
 from producers import InvalidPayload, UnknownTask, submit
 from sluice.errors import ConfigError, SluiceError
 from sluice.settings import get_settings, load_settings
-from tests.chaos.conftest import FAST_RESTORE, Load, completed, duration
+from tests.chaos.conftest import (FAST_RESTORE, FULL, Load, Supervisor, completed, duration,
+                                  runs)
 from tests.conftest import Env, Processes, _make_env, reset_all
 from tests.services import PostgresServer, RedisServer, wait_for
 
@@ -44,8 +45,17 @@ def _where(env: Env, load: Load) -> str:
               for m in env.client.lrange(q, 0, -1) if m.startswith(b"{")}
     unacked = {json.loads(json.loads(v)[0])["headers"]["id"] if isinstance(json.loads(v)[0], str)
                else json.loads(v)[0]["headers"]["id"] for v in env.client.hvals("unacked")}
+    from producers.outbox import OutboxEntry
+    from sluice import keys
+    from sluice.connections import session_factory
+
+    with session_factory()() as session:
+        outboxed = {e.task_id for e in session.query(OutboxEntry).all()}
+    ledger = {t for t in missing if env.client.hexists(keys.LEDGER, t)}
     return (f"{len(missing)} missing: {sorted(missing)[:5]}; queued {len(missing & queued)}, "
-            f"unacked {len(missing & unacked)}, nowhere {len(missing - queued - unacked)}")
+            f"unacked {len(missing & unacked)}, in the outbox {len(missing & outboxed)}, "
+            f"in the ledger {len(ledger)}, nowhere "
+            f"{len(missing - queued - unacked - outboxed - ledger)}")
 
 
 def test_worker_sigkilled_every_few_seconds_loses_nothing(sluice_env: Env,
@@ -88,10 +98,12 @@ def aof_redis(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # noqa: ANN201
 
 
 def test_redis_restarted_during_load_loses_no_accepted_job(aof_redis: Env, load: Load) -> None:
+    """A job whose BRPOP reply dies with Redis is in the ledger only: beat, which exits
+    when Redis goes, must come back (supervised, as deployed) for reconcile to re-send it."""
     procs = Processes(aof_redis)
+    beat = Supervisor(lambda: procs.beat(**RECONCILE_FAST))
     try:
-        procs.beat(**RECONCILE_FAST)
-        procs.worker(concurrency=2, **FAST_RESTORE, **RECONCILE_FAST)
+        worker = procs.worker(concurrency=2, **FAST_RESTORE, **RECONCILE_FAST)
         load.run(duration(12))
         time.sleep(duration(12) / 3)  # let the load run before the outage
         aof_redis.redis.stop()
@@ -105,7 +117,50 @@ def test_redis_restarted_during_load_loses_no_accepted_job(aof_redis: Env, load:
         assert {r.reason for r in load.rejected} <= {"BROKER_UNAVAILABLE"}
         assert load.rejected, "the outage refused some non-CRITICAL submissions"
         assert set(completed()) == load.accepted
+        assert worker.alive() and "Unrecoverable error" not in worker.output()
     finally:
+        beat.stop()
+        procs.stop_all()
+
+
+def test_redis_restarted_n_times_with_jobs_in_flight_loses_none_runs_none_twice(
+        aof_redis: Env, load: Load) -> None:
+    """Each restart drops the worker's connection while jobs run in its pool; the same
+    worker process must reconnect, ack those jobs, and keep consuming. Nothing accepted is
+    lost, and with no worker crash, no job runs twice."""
+    restarts = 5 if FULL else 2
+    client = aof_redis.client
+    procs = Processes(aof_redis)
+    beat = Supervisor(lambda: procs.beat(**RECONCILE_FAST))  # reconcile: the ledger
+    try:
+        worker = procs.worker(concurrency=2, **FAST_RESTORE, **RECONCILE_FAST)
+        load.run(600, rate=8, linger_s=0.2)  # stopped after the last restart
+        for n in range(restarts):
+            wait_for(lambda: client.hlen("unacked") > 0 and load.accepted, timeout=10,
+                     what=f"jobs in flight (load errors: {load.errors[:3]})")
+            aof_redis.redis.stop()
+            time.sleep(1)  # the outage
+            aof_redis.redis.start()
+            done = len(completed())
+            wait_for(lambda done=done: len(completed()) > done + 2, timeout=30,
+                     what=f"jobs completing after restart {n + 1}")
+        load.stop.set()
+        load.wait()
+        last = wait_for(lambda: submit("audit.record", {"actor": "chaos", "action": "last"}),
+                        timeout=30, what="a submission after the last restart")
+        try:
+            wait_for(lambda: _all_done(load) and last.task_id in completed(), timeout=90,
+                     what="every accepted job completed")
+        except TimeoutError:
+            raise AssertionError(_where(aof_redis, load)) from None
+        assert worker.alive() and "Unrecoverable error" not in worker.output()
+        assert not load.errors
+        assert load.accepted | {last.task_id} <= set(completed())
+        assert set(completed()) <= load.accepted | load.unknown | {last.task_id}
+        ran = runs(p.output() for p in procs.started)
+        assert [t for t, k in ran.items() if k > 1] == [], "jobs run twice without a crash"
+    finally:
+        beat.stop()
         procs.stop_all()
 
 
@@ -189,12 +244,13 @@ def test_a_burst_of_invalid_input_at_every_entry_disturbs_nothing(sluice_env: En
     for i in range(20):
         sluice_env.client.lpush(["critical", "high", "normal", "low"][i % 4], f"junk {i}")
     # CLI
-    for args in (["submit", "email.send", "--payload", "[]"], ["dlq", "show", "x"],
-                 ["submit", "", "--payload", "{}"], ["killswitch", "on", ""]):
+    for args, code in ((["submit", "email.send", "--payload", "[]"], 2),
+                       (["dlq", "show", "x"], 1),  # a task id that is not there
+                       (["submit", "", "--payload", "{}"], 2), (["killswitch", "on", ""], 2)):
         out = subprocess.run([sys.executable, "-c", "from sluice.cli import main; main()",
                               *args], env=sluice_env.process_env(), capture_output=True,
                              text=True, timeout=60)
-        assert out.returncode == 2 and "Traceback" not in out.stderr, (args, out.stderr)
+        assert out.returncode == code and "Traceback" not in out.stderr, (args, out.stderr)
     # settings
     for bad in ({"pressure_shed": -1}, {"visibility_timeout": "soon"},
                 {"pressure_warning": 900, "pressure_critical": 800}):
