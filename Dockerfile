@@ -2,6 +2,8 @@ FROM python:3.11-slim
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY sluice sluice
+COPY delivery delivery
+COPY ops ops
 COPY producers producers
 COPY workers workers
 COPY dlq dlq

@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 ARGS   ?=
 
-.PHONY: demo test chaos bench up deps system-deps clean
+.PHONY: demo test lint chaos bench up deps system-deps clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,8 +38,15 @@ system-deps:
 demo: $(STAMP)
 	$(BIN)/sluice demo $(ARGS)
 
-test: $(STAMP) $(SPEC) system-deps
+test: $(STAMP) $(SPEC) system-deps lint
 	$(BIN)/python -m pytest -q $(ARGS)
+
+# ruff (pyflakes, isort, bugbear, pyupgrade, simplify), the layer contract (.importlinter) and
+# mypy (strict on the kernel, delivery and the gate): part of `make test`, so of CI.
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/lint-imports
+	$(BIN)/mypy
 
 chaos: $(STAMP) system-deps
 	SLUICE_CHAOS_FULL=1 $(BIN)/python -m pytest -q tests/chaos $(ARGS)

@@ -18,7 +18,7 @@ __all__ = ["DeadLetter", "Quarantined", "Status", "TASK_ID_LENGTH"]
 TASK_ID_LENGTH = 255
 
 
-class Status(str, enum.Enum):
+class Status(enum.StrEnum):
     """Lifecycle of a dead letter."""
 
     PENDING = "pending"
@@ -28,7 +28,7 @@ class Status(str, enum.Enum):
 
 
 def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 class DeadLetter(Base):

@@ -3,7 +3,7 @@
 Writes retry briefly (tenacity). A pybreaker circuit opens after `breaker_fail_max`
 consecutive failed writes, or when the rolling average latency of the last `breaker_window`
 writes exceeds `breaker_slow_seconds`; while open, records go straight to the spool (the
-local fsync'd file, Redis only if the file cannot be written: `dlq.spool`) and the database
+local fsync'd file, Redis only if the file cannot be written: `delivery.spool`) and the database
 is probed again after `breaker_reset_timeout`.
 """
 
@@ -18,7 +18,7 @@ import pybreaker
 from sqlalchemy.exc import SQLAlchemyError
 from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential
 
-from dlq.spool import spool
+from delivery.spool import spool
 from dlq.store import DeadLetterStore
 from sluice.connections import redis_client
 from sluice.records import DeadLetterRecord

@@ -14,13 +14,14 @@ gate leaves the row `pending` with the rejection in `reason`.
 from __future__ import annotations
 
 import datetime as dt
+import enum
 import logging
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import update
+from sqlalchemy import CursorResult, update
 
 from dlq.models import DeadLetter, Status
 from dlq.store import DeadLetterStore
@@ -30,19 +31,28 @@ from sluice.message import MASK, secret_fields
 from sluice.priorities import Priority
 from sluice.sealed import unseal
 
-__all__ = ["ReplayOutcome", "replay_one", "replay_many", "original_payload", "REPLAYABLE"]
+__all__ = ["ReplayResult", "ReplayOutcome", "replay_one", "replay_many", "original_payload", "REPLAYABLE"]
 
 log = logging.getLogger("sluice.dlq.replay")
 
 REPLAYABLE = (Status.PENDING.value, Status.EXHAUSTED.value)
 
 
-@dataclass(frozen=True, slots=True)
+class ReplayResult(enum.StrEnum):
+    """What a replay did to one row."""
+
+    REPLAYED = "replayed"  #: sent through the gate; the row is `replayed`
+    REJECTED = "rejected"  #: shed by the gate; the row stays as it was, the reason noted
+    REFUSED = "refused"  #: its status (or a masked secret without a sealed copy) forbids it
+    ERROR = "error"  #: another Sluice error (an unknown task, an invalid payload, ...)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ReplayOutcome:
-    """What happened to one row: `replayed`, `rejected` (by the gate) or `refused`."""
+    """What happened to one row, with the new task id or the reason."""
 
     id: int
-    outcome: str
+    outcome: ReplayResult
     task_id: str | None = None
     reason: str | None = None
 
@@ -61,19 +71,19 @@ def replay_one(store: DeadLetterStore, producer: Producer, dead_letter_id: int,
                              generation=row.replay_count + 1)
     except Rejected as rej:
         _note_rejection(store, row, rej, next_retry_at)
-        return ReplayOutcome(row.id, "rejected", None, rej.reason)
+        return ReplayOutcome(id=row.id, outcome=ReplayResult.REJECTED, reason=rej.reason)
     with store.session() as session, session.begin():
-        claimed = session.execute(
+        claimed = cast(CursorResult[Any], session.execute(
             update(DeadLetter).where(DeadLetter.id == row.id)
             .where(DeadLetter.status.in_(REPLAYABLE))
             .values(status=Status.REPLAYED.value, replayed_task_id=plan.task_id,
                     replay_count=DeadLetter.replay_count + 1, next_retry_at=next_retry_at,
-                    updated_at=dt.datetime.now(dt.timezone.utc))).rowcount
+                    updated_at=dt.datetime.now(dt.UTC)))).rowcount
         if not claimed:
             raise ReplayRefused(f"dead letter {row.id} was replayed concurrently")
         producer.execute(plan)  # raises -> the claim rolls back
     log.info("dead letter %s (%s) replayed as %s", row.id, row.task_name, plan.task_id)
-    return ReplayOutcome(row.id, "replayed", plan.task_id)
+    return ReplayOutcome(id=row.id, outcome=ReplayResult.REPLAYED, task_id=plan.task_id)
 
 
 def original_payload(producer: Producer, row: DeadLetter) -> Any:
@@ -114,9 +124,9 @@ def replay_many(store: DeadLetterStore, producer: Producer, ids: Iterable[int],
         try:
             outcome = replay_one(store, producer, dead_letter_id)
         except ReplayRefused as exc:
-            outcome = ReplayOutcome(dead_letter_id, "refused", None, str(exc))
+            outcome = ReplayOutcome(id=dead_letter_id, outcome=ReplayResult.REFUSED, reason=str(exc))
         except SluiceError as exc:
-            outcome = ReplayOutcome(dead_letter_id, "error", None, str(exc))
+            outcome = ReplayOutcome(id=dead_letter_id, outcome=ReplayResult.ERROR, reason=str(exc))
         counts[outcome.outcome] += 1
         if progress is not None:
             progress(outcome)

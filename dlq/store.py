@@ -14,15 +14,26 @@ import datetime as dt
 import hashlib
 import logging
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, String, delete, func, select, tuple_, update
+from sqlalchemy import Engine, delete, func, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, SQLAlchemyError, StatementError
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from dlq.models import DeadLetter, Quarantined, Status
+from dlq.rows import (
+    Filters,
+    Unreadable,
+    Written,
+    as_utc,
+    misfit,
+    order_key,
+    printable,
+    refused,
+    short,
+    to_datetime,
+)
 from sluice.connections import engine as default_engine
 from sluice.errors import NotFound
 from sluice.records import DeadLetterRecord
@@ -40,105 +51,6 @@ _UPDATED_ON_REFAIL = ("task_name", "queue", "priority", "payload", "exc_type", "
 #: statement with many parameter sets (never one VALUES list of every row, which overflowed
 #: SQLite's limit on SQL variables at ~13,000 rows).
 CHUNK = 500
-
-
-def to_datetime(epoch: float) -> dt.datetime:
-    """Epoch seconds -> aware UTC datetime."""
-    return dt.datetime.fromtimestamp(epoch, dt.timezone.utc)
-
-
-def as_utc(value: dt.datetime) -> dt.datetime:
-    """SQLite hands datetimes back naive; every stored time is UTC."""
-    return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
-
-
-@dataclass(frozen=True, slots=True)
-class Written:
-    """What a batch write did: rows written (after de-duplication by task id), records
-    quarantined."""
-
-    stored: int = 0
-    quarantined: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class Unreadable:
-    """A spooled line that is not a dead-letter record at all (kept in quarantine)."""
-
-    raw: str
-    error: str
-
-
-def _refused(exc: SQLAlchemyError) -> bool:
-    """Whether the database refused the data itself (as opposed to being unavailable, busy
-    or locked): only then is a record quarantined rather than retried later."""
-    if isinstance(exc, (DataError, IntegrityError)):
-        return True
-    return isinstance(exc, StatementError) and not isinstance(exc, DBAPIError)
-
-
-def _short(exc: BaseException) -> str:
-    """One line of an error, without the SQL and parameters SQLAlchemy appends."""
-    cause = getattr(exc, "orig", None) or exc
-    text = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
-    return f"{type(cause).__name__}: {text}"[:1000]
-
-
-def _printable(text: Any) -> Any:
-    """Diagnostic text as PostgreSQL can store it (no NUL), rather than refusing a failure
-    because its exception message quoted binary data."""
-    return text.replace("\x00", "\\x00") if isinstance(text, str) else text
-
-
-def _misfit(row: dict[str, Any]) -> str | None:
-    """Why `row` cannot be stored as it is (None if it can). SQLite does not enforce
-    VARCHAR lengths and PostgreSQL does: checking here makes both refuse the same rows."""
-    for key, length in _STRINGS:
-        value = row.get(key)
-        if value is None:
-            continue
-        if not isinstance(value, str):
-            return f"{key} is not a string: {type(value).__name__}"
-        if length and len(value) > length:
-            return f"{key} is {len(value)} characters long; the store keeps at most {length}"
-    for key in _INTEGERS:
-        if not isinstance(row[key], int) or isinstance(row[key], bool):
-            return f"{key} is not an integer: {row[key]!r:.50}"
-    return None
-
-
-_STRINGS = [(c.key, c.type.length) for c in DeadLetter.__table__.columns
-            if isinstance(c.type, String)]
-_INTEGERS = ("attempts", "generation")
-
-
-@dataclass(frozen=True, slots=True)
-class Filters:
-    """What `list` and bulk replay select. Every field is optional."""
-
-    task_name: str | None = None
-    queue: str | None = None
-    priority: str | None = None
-    status: str | None = None
-    since: dt.datetime | None = None
-    until: dt.datetime | None = None
-
-    def apply(self, stmt: Any) -> Any:
-        """Add the WHERE clauses of the fields that are set."""
-        for column, value in (("task_name", self.task_name), ("queue", self.queue),
-                              ("priority", self.priority), ("status", self.status)):
-            if value is not None:
-                stmt = stmt.where(getattr(DeadLetter, column) == value)
-        if self.since is not None:
-            stmt = stmt.where(DeadLetter.last_failed_at >= self.since)
-        if self.until is not None:
-            stmt = stmt.where(DeadLetter.last_failed_at < self.until)
-        return stmt
-
-
-def _order(row: dict[str, Any]) -> tuple[int, int]:
-    """Which of two reports of one job is newer: a later replay, then more attempts."""
-    return (row["generation"], row["attempts"])
 
 
 class DeadLetterStore:
@@ -176,14 +88,14 @@ class DeadLetterStore:
         for rec in recs:
             try:
                 row = self._row(rec)
-                problem = _misfit(row)
+                problem = misfit(row)
             except (TypeError, ValueError, OverflowError) as exc:
-                problem = _short(exc)
+                problem = short(exc)
             if problem is not None:
                 bad.append(self._quarantine_row(rec.to_json(), rec.task_id, problem))
                 continue
             old = latest.get(rec.task_id)
-            if old is None or _order(row) >= _order(old[1]):
+            if old is None or order_key(row) >= order_key(old[1]):
                 latest[rec.task_id] = (rec, row)
         pairs = list(latest.values())
         stored = sum(self._write_chunk(pairs[i:i + CHUNK], bad)
@@ -199,11 +111,11 @@ class DeadLetterStore:
                 conn.execute(self._upsert(), [row for _, row in pairs])
             return len(pairs)
         except SQLAlchemyError as exc:
-            if not _refused(exc):
+            if not refused(exc):
                 raise
             if len(pairs) == 1:
                 rec = pairs[0][0]
-                bad.append(self._quarantine_row(rec.to_json(), rec.task_id, _short(exc)))
+                bad.append(self._quarantine_row(rec.to_json(), rec.task_id, short(exc)))
                 return 0
         return sum(self._write_chunk([pair], bad) for pair in pairs)
 
@@ -213,7 +125,7 @@ class DeadLetterStore:
         return {"digest": hashlib.sha256(raw.encode("utf-8", "replace")).hexdigest(),
                 "task_id": None if task_id is None else str(task_id).replace("\x00", ""),
                 "raw": raw, "error": error.replace("\x00", ""),
-                "quarantined_at": dt.datetime.now(dt.timezone.utc)}
+                "quarantined_at": dt.datetime.now(dt.UTC)}
 
     def _quarantine(self, rows: list[dict[str, Any]]) -> None:
         """Keep refused records (once each: the digest is unique)."""
@@ -240,11 +152,11 @@ class DeadLetterStore:
         return {
             "task_id": rec.task_id, "task_name": rec.task_name, "queue": rec.queue,
             "priority": rec.priority, "payload": rec.payload, "exc_type": rec.exc_type,
-            "exc_message": _printable(rec.exc_message), "traceback": _printable(rec.traceback),
+            "exc_message": printable(rec.exc_message), "traceback": printable(rec.traceback),
             "attempts": rec.attempts, "first_failed_at": first,
             "last_failed_at": to_datetime(rec.last_failed_at), "status": Status.PENDING.value,
             "reason": rec.reason, "retryable": bool(rec.retryable), "replay_count": 0,
-            "next_retry_at": next_retry, "updated_at": dt.datetime.now(dt.timezone.utc),
+            "next_retry_at": next_retry, "updated_at": dt.datetime.now(dt.UTC),
             "generation": rec.generation, "sealed": rec.sealed, "effect_key": rec.effect_key,
         }
 
@@ -326,7 +238,7 @@ class DeadLetterStore:
             return 0
         stmt = (update(DeadLetter).where(DeadLetter.id.in_(ids))
                 .where(DeadLetter.status.in_([s.value for s in only_from]))
-                .values(status=status.value, updated_at=dt.datetime.now(dt.timezone.utc),
+                .values(status=status.value, updated_at=dt.datetime.now(dt.UTC),
                         **values))
         with self.engine.begin() as conn:
             return int(conn.execute(stmt).rowcount or 0)

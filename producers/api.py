@@ -2,7 +2,7 @@
 
 A submission is planned in memory (task lookup, payload validation, kill switches, the gate's
 decision on the monitor's latest snapshot), then sent with one atomic script call
-(`producers.sending`: idempotency claim, LPUSH and ledger together), or a batch with one
+(`delivery.sending`: idempotency claim, LPUSH and ledger together), or a batch with one
 pipeline. A send whose outcome is unknown (Redis stalled) is settled by a fence before the
 caller gets an answer, so a receipt or a rejection is always the truth.
 """
@@ -15,24 +15,27 @@ import math
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import redis
 from celery import Celery
-from kombu.utils.uuid import uuid
 from sqlalchemy.exc import SQLAlchemyError
 
+from delivery.outbox import OutboxEntry, add_to_outbox, flush_outbox
+from delivery.sending import Outcome, Outgoing, Sent, fence, is_not_sent, send_many
 from producers import killswitch
-from producers.monitor import PressureEvent, PressureMonitor
-from producers.outbox import OutboxEntry, add_to_outbox, flush_outbox
 from producers.deadline import admit
-from producers.pressure import BROKER_UNAVAILABLE, KILL_SWITCH, Decision, Thresholds
-from producers.sending import Outcome, Outgoing, Sent, fence, is_not_sent, send_many
+from producers.monitor import PressureEvent, PressureMonitor
+from producers.plan import Plan, Receipt, check_countdown, task_for
+from producers.pressure import BROKER_UNAVAILABLE, KILL_SWITCH, Thresholds
 from producers.wire import encode
-from sluice.errors import InvalidOption, OutcomeUnknown, Rejected, UnknownTask
-from sluice.message import (H_GENERATION, H_KEY, H_ORIGIN, H_PRIORITY, H_SUBMITTED, SECRET,
-                            mask_secrets, validate_payload)
+from sluice.errors import InvalidOption, InvalidPayload, OutcomeUnknown, Rejected
+from sluice.keys import SubmitOutcome, submission_field
+from sluice.message import (
+    SECRET,
+    mask_secrets,
+    validate_payload,
+)
 from sluice.priorities import PressureLevel, Priority
 from sluice.settings import Settings
 
@@ -43,78 +46,6 @@ log = logging.getLogger("sluice.producer")
 
 #: outbox-only header: the idempotency key to claim when the job is finally sent
 _IDEM = "_sluice_idempotency_key"
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Receipt:
-    """What an accepted submission returns."""
-
-    task_id: str
-    queue: str
-    level: PressureLevel
-    delayed_ms: int = 0
-    duplicate: bool = False
-    outboxed: bool = False  #: kept in the durable outbox; sent once Redis answers
-    task_name: str = ""
-    priority: Priority = Priority.NORMAL
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Plan:
-    """A validated submission that the gate let through, not yet sent."""
-
-    task_name: str
-    payload: Any
-    priority: Priority
-    level: PressureLevel
-    decision: Decision
-    key: str | None = None         #: idempotency key to claim
-    expires: float | None = None
-    countdown: float | None = None
-    task_id: str = field(default_factory=uuid)
-    origin: str | None = None      #: a replay's original task id
-    effect_key: str | None = None  #: what effects are keyed by (default: `key`)
-    generation: int = 0            #: n for the n-th replay
-    printable: str | None = None   #: argsrepr with secrets masked
-
-    def headers(self) -> dict[str, Any]:
-        return {H_KEY: self.effect_key or self.key, H_SUBMITTED: time.time(),
-                H_PRIORITY: self.priority.name, H_ORIGIN: self.origin,
-                H_GENERATION: self.generation}
-
-    def receipt(self, **changes: Any) -> Receipt:
-        values: dict[str, Any] = dict(
-            task_id=self.task_id, queue=self.priority.queue, level=self.level,
-            delayed_ms=self.decision.delay_ms, task_name=self.task_name,
-            priority=self.priority)
-        return Receipt(**(values | changes))
-
-
-def task_for(app: Celery, name: str) -> Any:
-    """The registered Sluice task `name`; UnknownTask when there is none."""
-    task = app.tasks.get(name)
-    if task is None:
-        app.loader.import_default_modules()
-        task = app.tasks.get(name)
-    if task is None or getattr(task, "payload_model", None) is None:
-        known = [n for n, t in app.tasks.items() if getattr(t, "payload_model", None)]
-        raise UnknownTask(name, known)
-    return task
-
-
-def check_countdown(countdown: float | None, task: Any, settings: Settings) -> None:
-    """A job held for its countdown longer than the visibility timeout is handed out again
-    by Redis and runs twice: refuse such a countdown, naming the limit."""
-    if countdown is None:
-        return
-    limit = settings.visibility_timeout - (getattr(task, "time_limit", None)
-                                           or settings.task_time_limit)
-    if not math.isfinite(countdown) or countdown < 0 or countdown >= limit:
-        raise InvalidOption(
-            f"countdown {countdown:g}s for {task.name!r} is out of range: it must be >= 0 and "
-            f"below {max(limit, 0)}s (SLUICE_VISIBILITY_TIMEOUT {settings.visibility_timeout}s "
-            f"minus the task's time limit), or Redis redelivers the job while it waits. "
-            "Schedule longer delays with a beat schedule instead.")
 
 
 class Producer:
@@ -167,8 +98,6 @@ class Producer:
         Every payload is validated first: one invalid payload raises InvalidPayload (naming
         the item) and nothing is enqueued. A shed item never raises.
         """
-        from sluice.errors import InvalidPayload
-
         plans: list[Plan | Rejected] = []
         for index, payload in enumerate(payloads):
             try:
@@ -211,12 +140,12 @@ class Producer:
         snap = self.monitor.current()
         blocked = killswitch.blocking_switch(snap.killswitches, task_name, prio)
         if blocked is not None:
-            self.monitor.count(f"{prio.name}:killed")
+            self.monitor.count(submission_field(prio.name, SubmitOutcome.KILLED))
             raise Rejected(KILL_SWITCH, snap.level, prio, 30.0, task_name)
         wait = 0.0 if countdown else snap.wait_for(prio)  # a countdown job is not due yet
         decision = admit(snap.level, prio, wait, deadline)
         if not decision.allowed:
-            self.monitor.count(f"{prio.name}:shed")
+            self.monitor.count(submission_field(prio.name, SubmitOutcome.SHED))
             raise Rejected(decision.reason or "", snap.level, prio, decision.retry_after_s,
                            task_name)
         expires = None if deadline is None else deadline + (countdown or 0.0)
@@ -265,17 +194,17 @@ class Producer:
             sent = send_many(self.client, [self._outgoing(p) for p in plans],
                              idempotency_ttl=self.settings.idempotency_ttl)
         except redis.RedisError as exc:
-            return [_or_rejected(lambda p: self._undecided(p, exc), p) for p in plans]
-        return [self._settled(p, s) for p, s in zip(plans, sent)]
+            return [_or_rejected(self._undecided, p, exc) for p in plans]
+        return [self._settled(p, s) for p, s in zip(plans, sent, strict=True)]
 
     def _settled(self, plan: Plan, sent: Sent) -> Receipt:
         if sent.outcome is Outcome.FENCED:  # only a task id reused after a fence
             return self._not_sent(plan)
         if sent.outcome is Outcome.DUPLICATE:
-            self.monitor.count(f"{plan.priority.name}:duplicate")
+            self.monitor.count(submission_field(plan.priority.name, SubmitOutcome.DUPLICATE))
             return plan.receipt(task_id=sent.first_task_id or "", delayed_ms=0, duplicate=True)
-        outcome = "delayed" if plan.decision.delay_ms else "accepted"
-        self.monitor.count(f"{plan.priority.name}:{outcome}")
+        outcome = SubmitOutcome.DELAYED if plan.decision.delay_ms else SubmitOutcome.ACCEPTED
+        self.monitor.count(submission_field(plan.priority.name, outcome))
         return plan.receipt()
 
     def _undecided(self, plan: Plan, exc: redis.RedisError) -> Receipt:
@@ -296,7 +225,7 @@ class Producer:
         """Redis is down: CRITICAL goes to the outbox, anything else is refused."""
         if plan.priority is Priority.CRITICAL:
             return self._outbox(plan)
-        self.monitor.count(f"{plan.priority.name}:shed")
+        self.monitor.count(submission_field(plan.priority.name, SubmitOutcome.SHED))
         raise Rejected(BROKER_UNAVAILABLE, PressureLevel.UNKNOWN, plan.priority, 5.0,
                        plan.task_name)
 
@@ -324,7 +253,7 @@ class Producer:
         log.warning("Redis unreachable: %s %s %s kept in the outbox", plan.priority.name,
                     plan.task_name, plan.task_id)
         self._broker_was_down = True  # flush when the monitor sees Redis again
-        self.monitor.count(f"{plan.priority.name}:outboxed")
+        self.monitor.count(submission_field(plan.priority.name, SubmitOutcome.OUTBOXED))
         return plan.receipt(level=PressureLevel.UNKNOWN, outboxed=True)
 
     # -- outbox ------------------------------------------------------------------------
@@ -355,8 +284,8 @@ class Producer:
                 log.warning("outbox flush deferred to reconcile: %s", type(exc).__name__)
 
 
-def _or_rejected(send: Callable[[Plan], Receipt], plan: Plan) -> Receipt | Rejected:
+def _or_rejected(send: Callable[..., Receipt], plan: Plan, *args: Any) -> Receipt | Rejected:
     try:
-        return send(plan)
+        return send(plan, *args)
     except Rejected as rej:
         return rej

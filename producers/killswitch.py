@@ -5,6 +5,7 @@ from __future__ import annotations
 import redis
 
 from sluice import keys
+from sluice.connections import texts
 from sluice.priorities import Priority
 
 __all__ = ["switch_key", "turn_on", "turn_off", "list_switches", "blocking_switch"]
@@ -41,7 +42,7 @@ def turn_off(client: redis.Redis, target: str) -> bool:
 
 def list_switches(client: redis.Redis) -> dict[str, str]:
     """Every switch that is on, key -> reason."""
-    return {k.decode(): v.decode() for k, v in client.hgetall(keys.KILL_SWITCHES).items()}
+    return texts(client.hgetall(keys.KILL_SWITCHES))
 
 
 def blocking_switch(switches: dict[str, str], task_name: str,

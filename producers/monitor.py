@@ -21,6 +21,7 @@ import redis
 from producers.deadline import Drain, drain_after, predicted_wait
 from producers.pressure import LevelState, Thresholds, level_for
 from sluice import keys
+from sluice.connections import hash_fields
 from sluice.message import waited
 from sluice.priorities import QUEUES, PressureLevel, Priority
 
@@ -167,7 +168,7 @@ class PressureMonitor:
         for name, n in counts.items():
             pipe.hincrby(keys.SUBMISSIONS, name, n)
         if self.snapshot.level is not PressureLevel.UNKNOWN:  # last tick's view, for the CLI
-            pipe.hset(keys.PRESSURE_STATE, mapping=self._state_fields())
+            pipe.hset(keys.PRESSURE_STATE, mapping=hash_fields(self._state_fields()))
         replies = pipe.execute()
         n = len(QUEUES)
         return Sample(

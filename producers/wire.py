@@ -33,6 +33,6 @@ def encode(app: Celery, task_id: str, name: str, payload: Any, queue: str,
     content_type, encoding, data = serialize(body, serializer="json")
     properties.update(delivery_mode=2, priority=0, body_encoding="base64", delivery_tag=uuid(),
                       delivery_info={"exchange": EXCHANGE, "routing_key": queue})
-    return to_json({"body": _BASE64.encode(data), "content-encoding": encoding,
+    return str(to_json({"body": _BASE64.encode(data), "content-encoding": encoding,
                     "content-type": content_type, "headers": msg_headers,
-                    "properties": properties})
+                    "properties": properties}))

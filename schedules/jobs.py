@@ -15,16 +15,17 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from delivery import ledger
+from dlq.drain import drain_spool
 from dlq.models import Status
 from dlq.recorder import get_recorder
 from dlq.replay import replay_one
-from dlq.spool import drain_spool
 from dlq.store import DeadLetterStore, as_utc
-from producers import default_producer, ledger
-from schedules.retry import next_retry
+from producers import default_producer
+from schedules.retry import RetryAction, next_retry
 from sluice import keys
 from sluice.app import app
-from sluice.connections import redis_client
+from sluice.connections import hash_fields, redis_client
 from sluice.errors import SluiceError
 from sluice.priorities import Priority
 from sluice.settings import get_settings
@@ -36,7 +37,7 @@ log = logging.getLogger("sluice.schedules")
 
 
 def _now(now: str | None) -> dt.datetime:
-    return dt.datetime.fromisoformat(now) if now else dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.fromisoformat(now) if now else dt.datetime.now(dt.UTC)
 
 
 def _store() -> DeadLetterStore:
@@ -115,7 +116,7 @@ def stuck_report(now: float) -> dict[str, int]:
     over_limit = client.zcount(keys.KOMBU_UNACKED_INDEX, "-inf", now - settings.task_time_limit)
     over_vis = client.zcount(keys.KOMBU_UNACKED_INDEX, "-inf", now - settings.visibility_timeout)
     report = {"over_time_limit": int(over_limit), "over_visibility": int(over_vis)}
-    client.hset(keys.STUCK, mapping=report)
+    client.hset(keys.STUCK, mapping=hash_fields(report))
     return report
 
 
@@ -127,12 +128,12 @@ def run_retry(now: dt.datetime) -> dict[str, Any]:
         decision = next_retry(as_utc(row.first_failed_at), as_utc(row.next_retry_at)
                               if row.next_retry_at else None, row.replay_count, now,
                               settings.dlq_retry_base, settings.dlq_retry_horizon)
-        if decision.action == "exhaust":
+        if decision.action is RetryAction.EXHAUST:
             store.set_status([row.id], Status.EXHAUSTED, only_from=(Status.PENDING,))
             log.error("ALERT dead letter %s (%s) exhausted: still failing %s after its first "
                       "failure", row.id, row.task_name, now - as_utc(row.first_failed_at))
             counts["exhausted"] += 1
-        elif decision.action == "replay":
+        elif decision.action is RetryAction.REPLAY:
             try:
                 outcome = replay_one(store, default_producer(), row.id, decision.next_at)
                 counts[outcome.outcome] += 1

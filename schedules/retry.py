@@ -3,16 +3,25 @@
 from __future__ import annotations
 
 import datetime as dt
+import enum
 from dataclasses import dataclass
 
-__all__ = ["RetryDecision", "next_retry", "retry_delay"]
+__all__ = ["RetryAction", "RetryDecision", "next_retry", "retry_delay"]
+
+
+class RetryAction(enum.StrEnum):
+    """What the retry job does with one pending, retryable dead letter."""
+
+    REPLAY = "replay"  #: replay it now through the gate
+    WAIT = "wait"  #: not due yet
+    EXHAUST = "exhaust"  #: past the horizon: mark it exhausted and alert
 
 
 @dataclass(frozen=True, slots=True)
 class RetryDecision:
     """`replay` now (and, if it fails again, not before `next_at`), `wait`, or `exhaust`."""
 
-    action: str
+    action: RetryAction
     next_at: dt.datetime | None = None
 
 
@@ -32,9 +41,9 @@ def next_retry(first_failed_at: dt.datetime, next_retry_at: dt.datetime | None,
     """
     horizon = first_failed_at + dt.timedelta(seconds=horizon_s)
     if now >= horizon:
-        return RetryDecision("exhaust")
+        return RetryDecision(RetryAction.EXHAUST)
     due = next_retry_at or first_failed_at + retry_delay(0, base_s)
     if now < due:
-        return RetryDecision("wait", due)
+        return RetryDecision(RetryAction.WAIT, due)
     # never schedule past the horizon: the row is looked at again then, and exhausted
-    return RetryDecision("replay", min(now + retry_delay(replay_count + 1, base_s), horizon))
+    return RetryDecision(RetryAction.REPLAY, min(now + retry_delay(replay_count + 1, base_s), horizon))

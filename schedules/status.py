@@ -8,20 +8,20 @@ from typing import Any
 
 from schedules.beat import JOBS
 from sluice import keys
-from sluice.connections import redis_client
+from sluice.connections import redis_client, texts
 from sluice.settings import get_settings
 
 __all__ = ["schedule_rows"]
 
 
 def _iso(epoch: float | None) -> str | None:
-    return dt.datetime.fromtimestamp(epoch, dt.timezone.utc).isoformat() if epoch else None
+    return dt.datetime.fromtimestamp(epoch, dt.UTC).isoformat() if epoch else None
 
 
 def schedule_rows(now: float) -> list[dict[str, Any]]:
     """One row per job: interval, runs, last run, next run (last run + interval), outcome."""
     settings, client = get_settings(), redis_client()
-    recorded = {k.decode(): v.decode() for k, v in client.hgetall(keys.SCHEDULE_RUNS).items()}
+    recorded = texts(client.hgetall(keys.SCHEDULE_RUNS))
     rows = []
     for name, (task, field, _queue) in JOBS.items():
         interval = float(getattr(settings, field))

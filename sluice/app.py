@@ -13,10 +13,10 @@ from celery import Celery
 from kombu import Exchange, Queue
 from kombu.utils.imports import symbol_by_name
 
+from sluice import keys
 from sluice.connections import ssl_options
 from sluice.priorities import QUEUES
 from sluice.settings import Settings, get_settings
-from sluice import keys
 
 __all__ = ["app", "create_app", "TASK_MODULES"]
 
@@ -62,7 +62,7 @@ def celery_config(settings: Settings) -> dict[str, object]:
     exchange = Exchange("sluice", type="direct")
     return {
         "broker_url": url,
-        "broker_transport": "sluice.transport:Transport",
+        "broker_transport": "delivery.transport:Transport",
         "broker_use_ssl": ssl_options(url),
         "broker_transport_options": transport_options(settings),
         "broker_connection_retry_on_startup": True,
@@ -80,7 +80,7 @@ def celery_config(settings: Settings) -> dict[str, object]:
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "task_acks_on_failure_or_timeout": True,
-        # a reconnect lets running jobs finish; they are acked then (sluice.transport), so
+        # a reconnect lets running jobs finish; they are acked then (delivery.transport), so
         # they run once (Celery 6 would cancel them, and they would run again)
         "worker_cancel_long_running_tasks_on_connection_loss": False,
         "worker_prefetch_multiplier": 1,
@@ -103,11 +103,11 @@ def celery_config(settings: Settings) -> dict[str, object]:
 
 
 class SluiceCelery(Celery):
-    """Celery, with the worker class that announces the drain (`workers.lifecycle`)."""
+    """Celery, with the worker class that announces the drain (`ops.worker`)."""
 
     @cached_property
     def Worker(self) -> Any:  # noqa: N802  (Celery's name)
-        return self.subclass_with_self("workers.lifecycle:SluiceWorker")
+        return self.subclass_with_self("ops.worker:SluiceWorker")
 
 
 def create_app(settings: Settings | None = None) -> Celery:
@@ -123,7 +123,8 @@ def create_app(settings: Settings | None = None) -> Celery:
 
 
 def _beat_schedule(settings: Settings) -> dict[str, dict[str, object]]:
-    return symbol_by_name("schedules.beat:build_schedule")(settings)
+    build: Any = symbol_by_name("schedules.beat:build_schedule")
+    return dict(build(settings))
 
 
 app = create_app()

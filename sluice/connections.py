@@ -4,17 +4,34 @@ from __future__ import annotations
 
 import functools
 import ssl
+from collections.abc import Mapping
 from typing import Any
 
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.orm import DeclarativeBase, sessionmaker, Session
+from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 from sluice.settings import get_settings
 
-__all__ = ["Base", "redis_client", "engine", "session_factory", "reset", "ssl_options"]
+__all__ = ["Base", "text", "texts", "hash_fields", "redis_client", "engine", "session_factory", "reset", "ssl_options"]
+
+
+def text(value: Any) -> str:
+    """A Redis reply as text (replies are bytes: clients here do not decode responses)."""
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def texts(mapping: Any) -> dict[str, str]:
+    """A Redis hash reply (HGETALL) as text keys and values."""
+    return {text(k): text(v) for k, v in dict(mapping).items()}
+
+
+def hash_fields(values: Mapping[str, str | float | int]) -> Any:
+    """`values` as HSET's `mapping` (redis-py's hint has an invariant key type that a dict
+    of str keys does not match)."""
+    return dict(values)
 
 
 class Base(DeclarativeBase):

@@ -10,6 +10,8 @@ from typing import Any
 
 __all__ = [
     "SluiceError",
+    "UsageError",
+    "Unavailable",
     "ConfigError",
     "UnknownTask",
     "UnknownPriority",
@@ -33,11 +35,20 @@ class SluiceError(Exception):
         super().__init__(message or (self.__doc__ or "").strip())
 
 
-class ConfigError(SluiceError):
+class UsageError(SluiceError):
+    """The caller asked for something impossible (bad input, options or configuration):
+    retrying the same request cannot help. The CLI exits 2."""
+
+
+class Unavailable(SluiceError):
+    """A server Sluice needs (Redis, the database) cannot be reached: retry later."""
+
+
+class ConfigError(UsageError):
     """The configuration is inconsistent."""
 
 
-class UnknownTask(SluiceError):
+class UnknownTask(UsageError):
     """No task is registered under that name."""
 
     def __init__(self, name: str, known: list[str] | None = None) -> None:
@@ -50,11 +61,11 @@ class UnknownTask(SluiceError):
         return (type(self), (self.task_name, self.known))
 
 
-class UnknownPriority(SluiceError, ValueError):
+class UnknownPriority(UsageError, ValueError):
     """Not a priority: use CRITICAL, HIGH, NORMAL or LOW."""
 
 
-class InvalidPayload(SluiceError):
+class InvalidPayload(UsageError):
     """The payload does not match the task's payload model; nothing was enqueued."""
 
     def __init__(self, task_name: str, errors: list[dict[str, Any]]) -> None:
@@ -94,11 +105,11 @@ class Rejected(SluiceError):
                              self.task_name))
 
 
-class BrokerUnavailable(SluiceError):
+class BrokerUnavailable(Unavailable):
     """Redis cannot be reached."""
 
 
-class DatabaseUnavailable(SluiceError):
+class DatabaseUnavailable(Unavailable):
     """The database cannot be reached."""
 
 
@@ -118,11 +129,11 @@ class PermanentError(SluiceError):
     """A failure that retrying cannot fix: the job goes straight to the dead-letter store."""
 
 
-class InvalidOption(SluiceError, ValueError):
+class InvalidOption(UsageError, ValueError):
     """A submission option (countdown, expiry, ...) is out of range; nothing was enqueued."""
 
 
-class OutcomeUnknown(SluiceError):
+class OutcomeUnknown(Unavailable):
     """Redis did not answer and the job could not be kept anywhere else: it may or may not
     be queued (at most once: it can never be queued twice under its task id)."""
 

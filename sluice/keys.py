@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import enum
+
 PREFIX = "sluice:"
 
 #: pub/sub channel of `pressure_change` events.
@@ -12,8 +14,31 @@ PRESSURE_STATE = PREFIX + "pressure:state"
 KILL_SWITCHES = PREFIX + "killswitch"
 #: list: dead letters spooled while the database is unavailable.
 DLQ_SPOOL = PREFIX + "dlq:spool"
-#: hash of counters: submissions by `PRIORITY:outcome`, shared by every producer.
+#: hash of counters: submissions by `PRIORITY:outcome` (`submission_field`), shared by
+#: every producer.
 SUBMISSIONS = PREFIX + "stats:submissions"
+
+
+class SubmitOutcome(enum.StrEnum):
+    """What happened to one submission, as counted in `SUBMISSIONS`."""
+
+    ACCEPTED = "accepted"  #: sent at once
+    DELAYED = "delayed"  #: sent after the gate's delay
+    SHED = "shed"  #: refused by the gate (pressure, deadline, broker down)
+    KILLED = "killed"  #: refused by a kill switch
+    DUPLICATE = "duplicate"  #: its idempotency key was taken: nothing sent
+    OUTBOXED = "outboxed"  #: kept in the CRITICAL outbox until Redis answers
+
+
+def submission_field(priority: str, outcome: SubmitOutcome) -> str:
+    """The `SUBMISSIONS` field counting `outcome` for `priority` (a priority name)."""
+    return f"{priority}:{outcome.value}"
+
+
+def parse_submission_field(field: str) -> tuple[str, str]:
+    """(priority name, outcome) of a `SUBMISSIONS` field."""
+    priority, _, outcome = field.partition(":")
+    return priority, outcome
 #: hash of counters: pressure level changes by the level entered.
 PRESSURE_CHANGES = PREFIX + "stats:pressure_changes"
 #: counter: jobs started, by every worker (the monitor turns it into a drain rate).
@@ -35,7 +60,7 @@ def idempotency(key: str) -> str:
 
 def fence(task_id: str) -> str:
     """Set when a send of `task_id` whose outcome was unknown was settled as not sent: a late
-    arrival of that send is then a no-op (see `producers.sending`)."""
+    arrival of that send is then a no-op (see `delivery.sending`)."""
     return f"{PREFIX}fence:{task_id}"
 
 
@@ -62,13 +87,13 @@ DRAIN_LOCK = PREFIX + "lock:drain"
 STUCK = PREFIX + "stuck"
 
 #: The ledger of accepted jobs not yet started: hash task id -> {"q": queue, "m": message},
-#: and a sorted set task id -> when it was (re)sent. See `producers.ledger`.
+#: and a sorted set task id -> when it was (re)sent. See `delivery.ledger`.
 LEDGER = PREFIX + "ledger"
 LEDGER_AT = PREFIX + "ledger:at"
 #: hash task id -> when a ledger entry was first seen neither queued nor reserved.
 LEDGER_SUSPECTS = PREFIX + "ledger:suspects"
 
-#: set: ids of the dead-letter spool drains under way (`dlq.spool`). Each drain moves the
+#: set: ids of the dead-letter spool drains under way (`delivery.spool`). Each drain moves the
 #: items it takes into its own processing list and holds a lease while it works on them; a
 #: later drain takes over the list of a drain whose lease has expired (it died).
 DLQ_SPOOL_DRAINS = PREFIX + "dlq:spool:drains"

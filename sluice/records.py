@@ -7,18 +7,29 @@ consumer for malformed messages, the broker transport) and one stores it (`dlq`)
 from __future__ import annotations
 
 import dataclasses
+import enum
 import json
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["DeadLetterRecord", "MALFORMED_TASK"]
+__all__ = ["DeadLetterRecord", "FailureReason", "MALFORMED_TASK"]
 
 #: task name given to messages that could not even be decoded into a task.
 MALFORMED_TASK = "<malformed>"
 
 
-@dataclass(frozen=True, slots=True)
+class FailureReason(enum.StrEnum):
+    """Why a job became a dead letter (the row's `reason`)."""
+
+    EXHAUSTED = "EXHAUSTED"  #: a transient failure that ran out of retries: retryable later
+    PERMANENT = "PERMANENT"  #: the task raised PermanentError: retrying cannot help
+    INVALID_PAYLOAD = "INVALID_PAYLOAD"  #: the payload does not match the task's model
+    MALFORMED_MESSAGE = "MALFORMED_MESSAGE"  #: not a message any task can run
+    UNKNOWN_TASK = "UNKNOWN_TASK"  #: no task is registered under the message's name
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class DeadLetterRecord:
     """One failed job, as it will be stored. Times are epoch seconds (UTC)."""
 
@@ -33,7 +44,7 @@ class DeadLetterRecord:
     attempts: int = 1
     first_failed_at: float = field(default_factory=time.time)
     last_failed_at: float = field(default_factory=time.time)
-    reason: str = "EXHAUSTED"
+    reason: str = FailureReason.EXHAUSTED
     retryable: bool = True
     #: the original payload, encrypted (`sluice.sealed`), when `payload` has masked secrets
     sealed: str | None = None

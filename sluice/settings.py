@@ -85,6 +85,10 @@ class Settings(BaseSettings):
     dlq_retention_days: float = Field(7.0, gt=0)
     beat_lock_timeout: int | None = Field(None, gt=0)
 
+    # Worker liveness: the readiness key is renewed every interval and expires after the TTL.
+    worker_heartbeat_interval: float = Field(5.0, gt=0)
+    worker_heartbeat_ttl: float = Field(15.0, gt=0)
+
     # Observability.
     record_waits: bool = False  # keep submit->start waits in Redis (demo, benchmarks)
     metrics_port: int = Field(9808, gt=0, lt=65536)
@@ -94,6 +98,11 @@ class Settings(BaseSettings):
         self._check_thresholds()
         self._check_visibility()
         self._check_tls()
+        if self.worker_heartbeat_ttl < 2 * self.worker_heartbeat_interval:
+            raise ValueError(
+                f"SLUICE_WORKER_HEARTBEAT_TTL ({self.worker_heartbeat_ttl}) must be at least "
+                f"twice SLUICE_WORKER_HEARTBEAT_INTERVAL ({self.worker_heartbeat_interval}), "
+                "or one late renewal reads as a dead worker")
         return self
 
     def _check_thresholds(self) -> None:

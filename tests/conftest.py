@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from ops.state import reset_process_state
 from tests.services import CeleryProcess, PostgresServer, RedisServer, wait_for
 
 QUEUES = "critical,high,normal,low"
@@ -19,13 +20,7 @@ QUEUES = "critical,high,normal,low"
 
 def reset_all() -> None:
     """Forget every process-wide cache that depends on the environment."""
-    from dlq.recorder import reset_recorder
-    from producers import reset_default_producer
-    from sluice.connections import reset
-
-    reset_default_producer()
-    reset_recorder()
-    reset()
+    reset_process_state()
 
 
 @pytest.fixture(scope="session")

@@ -11,14 +11,14 @@ import pwd
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from sluice.embedded import EmbeddedRedis, free_port
+from ops import processes
+from ops.embedded import EmbeddedRedis, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
@@ -44,14 +44,7 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, interval: floa
 def stop_process(proc: subprocess.Popen[Any], sig: int = signal.SIGTERM,
                  timeout: float = 30.0) -> int | None:
     """Signal our process, wait for it, SIGKILL it if it does not go in time."""
-    if proc.poll() is None:
-        proc.send_signal(sig)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-    return proc.returncode
+    return processes.stop(proc, sig, timeout)
 
 
 class RedisServer(EmbeddedRedis):
@@ -127,12 +120,7 @@ class CeleryProcess:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> CeleryProcess:
-        self.log.parent.mkdir(parents=True, exist_ok=True)
-        fh = open(self.log, "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "celery", "-A", "sluice.app",
-                                      *self.args], env=self.env, cwd=ROOT, stdout=fh,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
-        fh.close()
+        self.proc = processes.celery("sluice.app", self.args, self.env, self.log, cwd=ROOT)
         return self
 
     @property
@@ -168,12 +156,8 @@ class CeleryProcess:
         self._reap_group()
 
     def _reap_group(self) -> None:
-        if self.proc is None:
-            return
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)  # our session: leftover pool children
-        except (ProcessLookupError, PermissionError):
-            pass
+        if self.proc is not None:
+            processes.reap_group(self.proc)
 
     def output(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from dlq.store import DeadLetterStore
-from sluice.embedded import EmbeddedRedis
+from ops.embedded import EmbeddedRedis
 from tests.conftest import Env
 from tests.test_dlq_store import rec
 
@@ -18,7 +18,7 @@ EMAIL = '{"to": "a@b.io", "subject": "hi"}'
 
 
 def sluice(env: Env, *args: str, **extra: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-c", "from sluice.cli import main; main()", *args],
+    return subprocess.run([sys.executable, "-c", "from ops.cli import main; main()", *args],
                           env=env.process_env(**extra), capture_output=True, text=True,
                           timeout=60)
 

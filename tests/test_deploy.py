@@ -22,8 +22,8 @@ import pytest
 import redis
 import yaml
 
+from ops.embedded import free_port
 from sluice import keys
-from sluice.embedded import free_port
 from sluice.settings import Settings
 from tests.conftest import Env, Processes
 from tests.services import ROOT, stop_process, wait_for
@@ -212,7 +212,7 @@ def test_flower_from_the_procfile_requires_credentials(sluice_env: Env) -> None:
 
 
 def test_flower_refuses_a_public_binding_without_credentials(sluice_env: Env) -> None:
-    out = subprocess.run([sys.executable, "-c", "from sluice.cli import main; main()",
+    out = subprocess.run([sys.executable, "-c", "from ops.cli import main; main()",
                           "flower", "--address", "0.0.0.0"], env=sluice_env.process_env(),
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "FLOWER_BASIC_AUTH" in out.stderr
@@ -269,7 +269,7 @@ def test_metrics_endpoint_shows_each_metric(sluice_env: Env, processes: Processe
 
 def test_demo_runs_unattended_and_leaves_no_process(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLUICE_")}
-    out = subprocess.run([sys.executable, "-c", "from sluice.cli import main; main()",
+    out = subprocess.run([sys.executable, "-c", "from ops.cli import main; main()",
                           "demo", "--duration", "20", "--json", "--plot",
                           str(tmp_path / "demo.png")],
                          env=env, cwd=tmp_path, capture_output=True, text=True, timeout=240)

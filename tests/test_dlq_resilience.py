@@ -14,9 +14,10 @@ import pybreaker
 import pytest
 from sqlalchemy import create_engine
 
+from delivery.spool import spool_sizes
+from dlq.drain import drain_spool
 from dlq.recorder import Recorder, SlowCallListener
 from dlq.replay import replay_many, replay_one
-from dlq.spool import drain_spool, spool_sizes
 from dlq.store import DeadLetterStore, Filters
 from producers import default_producer
 from sluice import keys

@@ -92,7 +92,7 @@ def test_list_filters_and_pages_newest_first(store_env: Env) -> None:
     assert [r.task_id for r in store.list(limit=3, offset=3)] == ["e3", "e4", "a0"]
     assert {r.task_id for r in store.list(Filters(priority="LOW"))} == {"a0", "a1", "a2"}
     assert store.count(Filters(task_name="email.send", queue="high")) == 5
-    since = dt.datetime.fromtimestamp(NOW - 2.5, dt.timezone.utc)
+    since = dt.datetime.fromtimestamp(NOW - 2.5, dt.UTC)
     assert {r.task_id for r in store.list(Filters(since=since))} == {"e0", "e1", "e2"}
     assert {r.task_id for r in store.list(Filters(until=since, task_name="email.send"))} == \
         {"e3", "e4"}
@@ -109,7 +109,7 @@ def test_discard_then_purge_removes_exactly_the_rows_past_retention(store_env: E
     ids = {r.task_id: r.id for r in store.list()}
     assert store.discard([ids["p0"], ids["p1"]]) == 2
     store.set_status([ids["p2"]], Status.EXHAUSTED)
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     assert store.purge(dt.timedelta(days=7), now) == 0  # discarded just now: kept
     assert store.purge(dt.timedelta(days=7), now + dt.timedelta(days=8)) == 2
     assert {r.task_id for r in store.list()} == {"p2", "p3"}  # exhausted, pending stay
@@ -130,7 +130,7 @@ def test_due_for_retry_selects_pending_retryable_rows_whose_time_has_come(
         store_env: Env) -> None:
     store = DeadLetterStore(retry_base_s=900)
     store.record_many([rec("r1"), rec("r2", reason="PERMANENT")])
-    now = dt.datetime.fromtimestamp(NOW, dt.timezone.utc)
+    now = dt.datetime.fromtimestamp(NOW, dt.UTC)
     assert store.due_for_retry(now) == []
     assert [r.task_id for r in store.due_for_retry(now + dt.timedelta(minutes=15))] == ["r1"]
 
@@ -197,7 +197,7 @@ def test_migration_0002_keeps_the_rows_written_before_it(kind: str, request: pyt
                 "exc_type, exc_message, traceback, attempts, first_failed_at, last_failed_at, "
                 "status, reason, retryable, replay_count, updated_at) VALUES ('old', 'email.send',"
                 " 'high', 'HIGH', '{}', 'E', 'm', '', 2, :t, :t, 'pending', '', true, 0, :t)"),
-                {"t": dt.datetime.now(dt.timezone.utc)})
+                {"t": dt.datetime.now(dt.UTC)})
         upgrade(eng)
         store = DeadLetterStore(eng)
         row = store.get_by_task_id("old")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
+from delivery.ledger import KEEP_STARTED_S, forget, judge, recover_lost, resend, survey
 from producers import submit
-from producers.ledger import KEEP_STARTED_S, forget, judge, recover_lost, resend, survey
 from sluice import keys
 from tests.conftest import Env
 

@@ -7,7 +7,7 @@ import json
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from schedules.metrics import SluiceCollector
+from ops.metrics import SluiceCollector
 from tests.conftest import Env
 
 

@@ -6,8 +6,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from producers.pressure import (BROKER_UNAVAILABLE, QUEUE_PRESSURE, LevelState, Thresholds,
-                                decide, level_for, raw_level)
+from producers.pressure import (
+    BROKER_UNAVAILABLE,
+    QUEUE_PRESSURE,
+    LevelState,
+    Thresholds,
+    decide,
+    level_for,
+    raw_level,
+)
 from sluice.priorities import PressureLevel as L
 from sluice.priorities import Priority as P
 

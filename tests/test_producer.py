@@ -11,10 +11,18 @@ from typing import Any
 
 import pytest
 
-from producers import (InvalidPayload, Priority, Rejected, UnknownTask, default_producer,
-                       submit, submit_async, submit_many)
+from delivery.outbox import outbox_size
+from producers import (
+    InvalidPayload,
+    Priority,
+    Rejected,
+    UnknownTask,
+    default_producer,
+    submit,
+    submit_async,
+    submit_many,
+)
 from producers.killswitch import turn_off, turn_on
-from producers.outbox import outbox_size
 from sluice import keys
 from sluice.priorities import QUEUES, PressureLevel
 from tests.conftest import Env, _make_env, reset_all

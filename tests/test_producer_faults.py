@@ -17,8 +17,15 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from producers import (InvalidOption, OutcomeUnknown, Priority, Rejected, default_producer,
-                       submit, submit_async)
+from producers import (
+    InvalidOption,
+    OutcomeUnknown,
+    Priority,
+    Rejected,
+    default_producer,
+    submit,
+    submit_async,
+)
 from producers.monitor import PressureEvent
 from sluice.priorities import QUEUES, PressureLevel
 from tests.conftest import Env, _make_env, reset_all

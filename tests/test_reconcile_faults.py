@@ -14,9 +14,10 @@ from typing import Any
 import pytest
 from sqlalchemy import event
 
-from dlq.spool import drain_spool, spool_sizes, spool_to_file
+from delivery.outbox import add_to_outbox
+from delivery.spool import spool_sizes, spool_to_file
+from dlq.drain import drain_spool
 from dlq.store import DeadLetterStore
-from producers.outbox import add_to_outbox
 from schedules.jobs import run_reconcile
 from sluice import keys
 from sluice.settings import get_settings
@@ -28,7 +29,7 @@ DEAD_DB = "postgresql+psycopg2://postgres@127.0.0.1:1/none"
 
 
 def _now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 def test_one_record_the_store_refuses_is_quarantined_and_every_other_step_still_runs(
@@ -115,7 +116,7 @@ CRASHING_DRAIN = textwrap.dedent("""
     import os, signal, sys
     from pathlib import Path
     from sqlalchemy import event
-    from dlq.spool import drain_spool
+    from dlq.drain import drain_spool
     from dlq.store import DeadLetterStore
     from sluice.connections import redis_client
 

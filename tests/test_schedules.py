@@ -5,12 +5,12 @@ from __future__ import annotations
 import datetime as dt
 import time
 
+from delivery.outbox import add_to_outbox, outbox_size
+from delivery.spool import spool_to_file
 from dlq.models import Status
 from dlq.replay import replay_one
-from dlq.spool import spool_to_file
 from dlq.store import DeadLetterStore
 from producers import default_producer
-from producers.outbox import add_to_outbox, outbox_size
 from schedules.beat import build_schedule
 from schedules.jobs import run_purge, run_retry
 from schedules.retry import next_retry
@@ -21,7 +21,7 @@ from tests.conftest import Env, Processes
 from tests.services import wait_for
 from tests.test_dlq_store import rec
 
-T0 = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 MIN = dt.timedelta(minutes=1)
 BEAT = dict(reconcile_interval="1", dlq_retry_interval="1", dlq_purge_interval="1",
             beat_lock_timeout="3")
@@ -116,7 +116,7 @@ def test_a_retryable_dead_letter_is_replayed_at_growing_delays_then_exhausted(
                              generation=generation))
         if out["exhausted"]:
             break
-    gaps = [(b - a) / MIN for a, b in zip(replays, replays[1:])]
+    gaps = [(b - a) / MIN for a, b in zip(replays, replays[1:], strict=False)]
     assert (replays[0] - T0) / MIN == 15
     assert gaps == [30, 60, 120, 240, 480]  # 15 min, 30 min, 1 h, 2 h, ...
     assert len(replays) == 6 and (now - T0) / MIN == 24 * 60  # exhausted at the horizon
@@ -141,7 +141,7 @@ def test_purge_removes_exactly_the_rows_past_retention(store_env: Env) -> None:
     store.discard(ids[:2])
     store.set_status(ids[2:4], Status.REPLAYED)
     store.set_status(ids[4:5], Status.EXHAUSTED)
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     assert run_purge(now + dt.timedelta(days=6))["purged"] == 0
     assert run_purge(now + dt.timedelta(days=8))["purged"] == 4
     assert {r.task_id for r in store.list()} == {"k4", "k5"}

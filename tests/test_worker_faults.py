@@ -155,7 +155,8 @@ def test_a_job_revoked_before_it_starts_leaves_the_ledger_and_never_runs(
         sluice_env: Env, processes: Processes) -> None:
     from celery import Celery
 
-    from producers import ledger, submit
+    from delivery import ledger
+    from producers import submit
 
     client = sluice_env.client
     worker = processes.worker(concurrency=1)
@@ -180,7 +181,7 @@ def test_a_job_revoked_before_it_starts_leaves_the_ledger_and_never_runs(
 
 def test_the_readiness_key_is_a_heartbeat_renewed_while_alive_gone_after_a_kill(
         sluice_env: Env, processes: Processes) -> None:
-    from schedules.doctor import worker_state
+    from ops.doctor import worker_state
     from workers.hooks import HEARTBEAT_INTERVAL_S, HEARTBEAT_TTL_S
 
     client, key = sluice_env.client, keys.worker_state("hb@test")

@@ -8,7 +8,7 @@ import signal
 
 import pytest
 
-from dlq.spool import drain_spool
+from dlq.drain import drain_spool
 from dlq.store import DeadLetterStore, Filters
 from producers import Priority, submit
 from sluice import keys
@@ -45,7 +45,7 @@ def test_transient_failures_retry_with_exponential_gaps_then_succeed(
     receipt = submit("demo.flaky", {"fail_times": 3})
     wait_for(lambda: len(_attempts(receipt.task_id)) == 4, timeout=40, what="4 attempts")
     times = [r["at"] for r in _attempts(receipt.task_id)]
-    gaps = [b - a for a, b in zip(times, times[1:])]
+    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
     for n, gap in enumerate(gaps):  # base 1 s, no jitter: 1, 2, 4 s (+ scheduling slack)
         assert 2 ** n - 0.05 <= gap <= 2 ** n + 1.5, gaps
     assert [r["attempt"] for r in _attempts(receipt.task_id)] == [1, 2, 3, 4]
@@ -60,7 +60,7 @@ def test_full_jitter_keeps_each_gap_within_its_bound(sluice_env: Env,
     receipt = submit("demo.flaky", {"fail_times": 3})
     wait_for(lambda: len(_attempts(receipt.task_id)) == 4, timeout=40, what="4 attempts")
     times = [r["at"] for r in _attempts(receipt.task_id)]
-    for n, gap in enumerate(b - a for a, b in zip(times, times[1:])):
+    for n, gap in enumerate(b - a for a, b in zip(times, times[1:], strict=False)):
         assert 0 <= gap <= 2 ** n + 1.5
 
 
@@ -142,7 +142,7 @@ def test_a_completed_keyed_job_redelivered_is_skipped(sluice_env: Env,
 
 def test_sigterm_during_a_short_job_drains_it_and_exits_0(sluice_env: Env,
                                                           processes: Processes) -> None:
-    from schedules.doctor import worker_state
+    from ops.doctor import worker_state
 
     worker = processes.worker(record_waits="1", drain_seconds="25", name="drain1@test")
     submit("analytics.track", {"event": "e", "work_s": 3})

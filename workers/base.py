@@ -23,8 +23,7 @@ from sluice import keys
 from sluice.app import app
 from sluice.connections import redis_client
 from sluice.errors import ConfigError, PermanentError
-from sluice.message import (H_GENERATION, H_KEY, H_ORIGIN, H_PRIORITY, mask_secrets,
-                            validate_payload)
+from sluice.message import H_GENERATION, H_KEY, H_ORIGIN, H_PRIORITY, mask_secrets, validate_payload
 from sluice.priorities import Priority
 from sluice.records import DeadLetterRecord
 from sluice.sealed import seal
@@ -68,6 +67,7 @@ class SluiceTask(Task):
     abstract = True
     sluice_priority: Priority = Priority.NORMAL
     payload_model: type[BaseModel] | None = None
+    max_wait: float | None = None  #: seconds a job may wait before it starts (None: default)
     Request = "workers.base:SluiceRequest"
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -150,26 +150,43 @@ def _int(value: Any) -> int:
 
 def sluice_task(name: str, priority: Priority, payload: type[BaseModel], *,
                 max_retries: int | None = None, backoff_s: int | None = None,
-                time_limit: int | None = None,
-                soft_time_limit: int | None = None) -> Callable[[F], Any]:
+                time_limit: int | None = None, soft_time_limit: int | None = None,
+                max_wait: float | None = None) -> Callable[[F], Any]:
     """Register `fn(payload)` as Sluice task `name` with its default priority and payload
     model. Transient errors retry with exponential backoff and full jitter; `PermanentError`
-    and invalid payloads do not retry."""
+    and invalid payloads do not retry. `max_wait`: seconds a job may wait before it starts
+    (default: its priority's `SLUICE_MAX_WAIT_*`). A time limit that, with the backoff cap,
+    reaches the visibility timeout is refused here, naming the task: such a job would be
+    handed out twice while it waits for its retry."""
     settings = get_settings()
     policy = policy_for(priority, settings.retry_backoff_max, max_retries,
                         backoff_s if backoff_s is not None else settings.retry_backoff_base,
                         jitter=settings.retry_jitter)
+    hard = time_limit or settings.task_time_limit
+    soft = soft_time_limit or min(settings.task_soft_time_limit, hard)
+    _check_limits(name, hard, soft, policy.cap_s, settings.visibility_timeout)
 
     def register(fn: F) -> Any:
         return app.task(
             name=name, base=SluiceTask, sluice_priority=priority, payload_model=payload,
+            max_wait=max_wait,
             shared=False,  # registered on the Sluice app only, never on other Celery apps
             autoretry_for=(Exception,),
             dont_autoretry_for=(PermanentError,), max_retries=policy.max_retries,
             retry_backoff=policy.base_s or False, retry_backoff_max=policy.cap_s,
             retry_jitter=policy.jitter, retry_kwargs={} if policy.base_s else {"countdown": 0},
-            time_limit=time_limit or settings.task_time_limit,
-            soft_time_limit=soft_time_limit or settings.task_soft_time_limit,
+            time_limit=hard, soft_time_limit=soft,
             acks_late=True, reject_on_worker_lost=True)(fn)
 
     return register
+
+
+def _check_limits(name: str, hard: int, soft: int, backoff_cap: int, visibility: int) -> None:
+    if soft > hard:
+        raise ConfigError(f"task {name!r}: soft_time_limit ({soft}s) must not exceed "
+                          f"time_limit ({hard}s)")
+    if hard + backoff_cap >= visibility:
+        raise ConfigError(
+            f"task {name!r}: time_limit ({hard}s) + SLUICE_RETRY_BACKOFF_MAX ({backoff_cap}s) "
+            f"must be below SLUICE_VISIBILITY_TIMEOUT ({visibility}s), or Redis hands the job "
+            "out again while it waits for its retry")

@@ -6,6 +6,7 @@ frozen detail value and calls `emit`. Subscribers here do the Redis bookkeeping.
 
 from __future__ import annotations
 
+import enum
 import logging
 from collections import defaultdict
 from collections.abc import Callable
@@ -15,20 +16,29 @@ from typing import Any
 import redis
 from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential
 
-from producers import ledger
+from delivery import ledger
 from sluice import keys
 from sluice.connections import redis_client
 from sluice.settings import get_settings
 
-__all__ = ["TaskDetail", "WorkerDetail", "subscribe", "emit", "HOOKS", "forget",
-           "HEARTBEAT_INTERVAL_S", "HEARTBEAT_TTL_S"]
+__all__ = ["HookEvent", "TaskDetail", "WorkerDetail", "subscribe", "emit", "HOOKS", "forget"]
 
 log = logging.getLogger("sluice.worker")
 
-#: how often a live worker's main process renews its readiness key (`workers.lifecycle`),
-#: and how long the key outlives the last renewal: a dead worker reads `unknown` by then
-HEARTBEAT_INTERVAL_S = 5.0
-HEARTBEAT_TTL_S = 15
+
+class HookEvent(enum.StrEnum):
+    """What can happen around a job or a worker (subscribe to one of these)."""
+
+    STARTED = "started"  #: a job starts running
+    RETRIED = "retried"  #: a job failed and will be retried
+    EXPIRED = "expired"  #: a job was not started by its deadline: dropped
+    REVOKED = "revoked"  #: a job was revoked before it started
+    REJECTED = "rejected"  #: Celery refused a message (not a task message, invalid)
+    UNKNOWN = "unknown"  #: a message names no registered task
+    READY = "ready"  #: a worker is consuming
+    HEARTBEAT = "heartbeat"  #: a worker's event loop is alive (every heartbeat interval)
+    SHUTTING_DOWN = "shutting_down"  #: a worker's drain window begins
+    STOPPED = "stopped"  #: a worker stopped
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,7 +46,7 @@ class TaskDetail:
     """A task event: `started`, `retried`; or one of a job that will never start:
     `expired`, `revoked`, `rejected` (Celery refused the message), `unknown` (no such task)."""
 
-    event: str
+    event: HookEvent
     task_id: str
     task_name: str
     priority: str | None = None
@@ -48,26 +58,37 @@ class TaskDetail:
 class WorkerDetail:
     """A worker event: `ready`, `heartbeat`, `shutting_down`, `stopped`."""
 
-    event: str
+    event: HookEvent
     hostname: str
     at: float = 0.0
 
 
 Hook = Callable[[Any], None]
-HOOKS: dict[str, list[Hook]] = defaultdict(list)
+HOOKS: dict[HookEvent, list[Hook]] = defaultdict(list)
 
 
-def subscribe(event: str) -> Callable[[Hook], Hook]:
-    """Decorator: call the function on every `event`."""
+def subscribe(event: HookEvent | str) -> Callable[[Hook], Hook]:
+    """Decorator: call the function on every `event`. A name that is no event is refused
+    here (a typo would otherwise subscribe to something that never fires)."""
+    kind = _event(event)
+
     def register(fn: Hook) -> Hook:
-        HOOKS[event].append(fn)
+        HOOKS[kind].append(fn)
         return fn
     return register
 
 
-def emit(event: str, detail: Any) -> None:
+def _event(event: HookEvent | str) -> HookEvent:
+    try:
+        return HookEvent(event)
+    except ValueError:
+        names = ", ".join(e.value for e in HookEvent)
+        raise ValueError(f"no hook event {event!r} (one of {names})") from None
+
+
+def emit(event: HookEvent | str, detail: Any) -> None:
     """Call each subscriber; a failing subscriber is logged, never raised into Celery."""
-    for fn in HOOKS.get(event, ()):
+    for fn in HOOKS.get(_event(event), ()):
         try:
             fn(detail)
         except redis.RedisError as exc:
@@ -76,45 +97,45 @@ def emit(event: str, detail: Any) -> None:
             log.exception("hook %s for %s failed", fn.__name__, event)
 
 
-@subscribe("retried")
+@subscribe(HookEvent.RETRIED)
 def count_retry(detail: TaskDetail) -> None:
     redis_client().hincrby(keys.RETRIES, detail.task_name, 1)
 
 
 @retry(retry=retry_if_exception_type(redis.RedisError), stop=stop_after_attempt(4),
        wait=wait_exponential(multiplier=0.1, max=1.0), reraise=True)
-def forget(task_ids: list[str]) -> None:
-    """Take jobs out of the ledger, retrying a few times: an entry left behind by a failed
-    call is re-sent by the reconcile job, and so runs again (or runs after all, if it had
-    been dropped on purpose)."""
-    ledger.forget(redis_client(), task_ids)
+def forget(task_ids: list[str], started: bool = False) -> None:
+    """Take jobs out of the ledger (and count a start, for the gate's drain rate), retrying
+    a few times: an entry left behind by a failed call is re-sent by the reconcile job, and
+    so runs again (or runs after all, if it had been dropped on purpose)."""
+    ledger.forget(redis_client(), task_ids, started=len(task_ids) if started else 0)
 
 
-@subscribe("expired")
+@subscribe(HookEvent.EXPIRED)
 def count_expired(detail: TaskDetail) -> None:
     log.info("%s %s expired before it started: dropped, not dead-lettered",
              detail.task_name, detail.task_id)
     redis_client().hincrby(keys.EXPIRED, detail.task_name, 1)
 
 
-@subscribe("started")
-@subscribe("expired")
-@subscribe("revoked")
-@subscribe("rejected")
-@subscribe("unknown")
+@subscribe(HookEvent.STARTED)
+@subscribe(HookEvent.EXPIRED)
+@subscribe(HookEvent.REVOKED)
+@subscribe(HookEvent.REJECTED)
+@subscribe(HookEvent.UNKNOWN)
 def leave_ledger(detail: TaskDetail) -> None:
     """Started: kombu holds the job in its unacked set now, the ledger can let go. Dropped
     before its start (expired, revoked, refused): it must not be sent again."""
     if not detail.task_id:
         return
     try:
-        forget([detail.task_id])
+        forget([detail.task_id], started=detail.event is HookEvent.STARTED)
     except redis.RedisError:
         log.exception("%s %s (%s) could not leave the ledger: the reconcile job may send "
                       "it again", detail.task_name, detail.task_id, detail.event)
 
 
-@subscribe("started")
+@subscribe(HookEvent.STARTED)
 def record_wait(detail: TaskDetail) -> None:
     """With SLUICE_RECORD_WAITS on (demo, benchmarks), keep submit->start waits per priority."""
     if not get_settings().record_waits or detail.submitted_at is None:
@@ -127,24 +148,25 @@ def record_wait(detail: TaskDetail) -> None:
 _STATES: dict[str, str] = {}
 
 
-@subscribe("ready")
-@subscribe("shutting_down")
+@subscribe(HookEvent.READY)
+@subscribe(HookEvent.SHUTTING_DOWN)
 def publish_state(detail: WorkerDetail) -> None:
     """Readiness for `sluice doctor --worker`: `ready` or `shutting down`, for
-    `HEARTBEAT_TTL_S` unless the heartbeat renews it."""
-    _STATES[detail.hostname] = detail.event.replace("_", " ")
+    `SLUICE_WORKER_HEARTBEAT_TTL` seconds unless the heartbeat renews it."""
+    _STATES[detail.hostname] = detail.event.value.replace("_", " ")
     renew_state(detail)
 
 
-@subscribe("heartbeat")
+@subscribe(HookEvent.HEARTBEAT)
 def renew_state(detail: WorkerDetail) -> None:
     """The worker's event loop is alive: keep its announced state (none before `ready`)."""
     state = _STATES.get(detail.hostname)
     if state is not None:
-        redis_client().set(keys.worker_state(detail.hostname), state, ex=HEARTBEAT_TTL_S)
+        redis_client().set(keys.worker_state(detail.hostname), state,
+                           ex=max(1, round(get_settings().worker_heartbeat_ttl)))
 
 
-@subscribe("stopped")
+@subscribe(HookEvent.STOPPED)
 def clear_state(detail: WorkerDetail) -> None:
     _STATES.pop(detail.hostname, None)
     redis_client().delete(keys.worker_state(detail.hostname))

@@ -8,15 +8,16 @@ from pydantic import ValidationError
 
 from sluice.errors import InvalidPayload, PermanentError
 from sluice.priorities import Priority
+from sluice.records import FailureReason
 
 __all__ = ["RetryPolicy", "policy_for", "failure_reason", "PERMANENT", "INVALID_PAYLOAD",
            "EXHAUSTED", "MALFORMED", "UNKNOWN_TASK"]
 
-PERMANENT = "PERMANENT"
-INVALID_PAYLOAD = "INVALID_PAYLOAD"
-EXHAUSTED = "EXHAUSTED"
-MALFORMED = "MALFORMED_MESSAGE"
-UNKNOWN_TASK = "UNKNOWN_TASK"
+PERMANENT = FailureReason.PERMANENT
+INVALID_PAYLOAD = FailureReason.INVALID_PAYLOAD
+EXHAUSTED = FailureReason.EXHAUSTED
+MALFORMED = FailureReason.MALFORMED_MESSAGE
+UNKNOWN_TASK = FailureReason.UNKNOWN_TASK
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from alembic import context
 
+import delivery.outbox  # noqa: F401
 import dlq.models  # noqa: F401  (registers the tables on Base.metadata)
-import producers.outbox  # noqa: F401
 from sluice.connections import Base
 
 connection = context.config.attributes["connection"]

@@ -17,13 +17,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dlq.spool import drain_spool
+from dlq.drain import drain_spool
 from dlq.store import DeadLetterStore
 from producers import InvalidPayload, UnknownTask, submit
 from sluice.errors import ConfigError, SluiceError
 from sluice.settings import get_settings, load_settings
-from tests.chaos.conftest import (FAST_RESTORE, FULL, Load, Supervisor, completed, duration,
-                                  runs)
+from tests.chaos.conftest import FAST_RESTORE, FULL, Load, Supervisor, completed, duration, runs
 from tests.conftest import Env, Processes, _make_env, reset_all
 from tests.services import PostgresServer, RedisServer, wait_for
 
@@ -45,7 +44,7 @@ def _where(env: Env, load: Load) -> str:
               for m in env.client.lrange(q, 0, -1) if m.startswith(b"{")}
     unacked = {json.loads(json.loads(v)[0])["headers"]["id"] if isinstance(json.loads(v)[0], str)
                else json.loads(v)[0]["headers"]["id"] for v in env.client.hvals("unacked")}
-    from producers.outbox import OutboxEntry
+    from delivery.outbox import OutboxEntry
     from sluice import keys
     from sluice.connections import session_factory
 
@@ -247,7 +246,7 @@ def test_a_burst_of_invalid_input_at_every_entry_disturbs_nothing(sluice_env: En
     for args, code in ((["submit", "email.send", "--payload", "[]"], 2),
                        (["dlq", "show", "x"], 1),  # a task id that is not there
                        (["submit", "", "--payload", "{}"], 2), (["killswitch", "on", ""], 2)):
-        out = subprocess.run([sys.executable, "-c", "from sluice.cli import main; main()",
+        out = subprocess.run([sys.executable, "-c", "from ops.cli import main; main()",
                               *args], env=sluice_env.process_env(), capture_output=True,
                              text=True, timeout=60)
         assert out.returncode == code and "Traceback" not in out.stderr, (args, out.stderr)

@@ -1,7 +1,7 @@
 """The one way a job reaches its queue: an atomic Redis script, idempotent by task id.
 
 One script call does, all or nothing: the idempotency claim, the LPUSH, and the ledger
-entry (`producers.ledger`). So a claimed key always has its job queued, and a cancelled or
+entry (`delivery.ledger`). So a claimed key always has its job queued, and a cancelled or
 crashed submission leaves neither.
 
 When Redis does not answer in time the outcome is unknown: the script may still run once
@@ -64,7 +64,7 @@ return 'fenced'
 """
 
 
-class Outcome(str, enum.Enum):
+class Outcome(enum.StrEnum):
     """What one send did."""
 
     SENT = "sent"            #: queued now
@@ -107,7 +107,7 @@ def send_many(client: redis.Redis, jobs: Sequence[Outgoing], *, idempotency_ttl:
     missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
     if missing:  # a restarted Redis forgot the script: nothing of these ran, load and rerun
         client.script_load(_SEND)
-        for i, reply in zip(missing, _evalsha_all(client, [calls[i] for i in missing])):
+        for i, reply in zip(missing, _evalsha_all(client, [calls[i] for i in missing]), strict=False):
             replies[i] = reply
     for reply in replies:
         if isinstance(reply, Exception):
@@ -115,13 +115,13 @@ def send_many(client: redis.Redis, jobs: Sequence[Outgoing], *, idempotency_ttl:
     return [_sent(reply) for reply in replies]
 
 
-def _call(job: Outgoing, now: float, ttl: int, flush: bool) -> list[object]:
+def _call(job: Outgoing, now: float, ttl: int, flush: bool) -> list[str | float]:
     idem = keys.idempotency(job.idempotency_key) if job.idempotency_key else ""
     return [job.queue, keys.LEDGER, keys.LEDGER_AT, keys.fence(job.task_id), idem,
             job.task_id, job.message, now, ttl, "flush" if flush else "send", FENCE_TTL_S]
 
 
-def _evalsha_all(client: redis.Redis, calls: list[list[object]]) -> list[Any]:
+def _evalsha_all(client: redis.Redis, calls: list[list[str | float]]) -> list[Any]:
     pipe = client.pipeline(transaction=False)
     for call in calls:
         pipe.evalsha(_SEND_SHA, 5, *call)

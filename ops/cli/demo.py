@@ -22,8 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sluice.cli.output import console, table
-from sluice.embedded import EmbeddedRedis, free_port
+from ops import processes
+from ops.cli.output import console, table
+from ops.embedded import EmbeddedRedis, free_port
 from sluice.priorities import PressureLevel, Priority
 
 __all__ = ["run_demo"]
@@ -59,28 +60,16 @@ class Stack:
         self.procs: list[subprocess.Popen[bytes]] = []
 
     def start(self, name: str, *args: str) -> subprocess.Popen[bytes]:
-        log = open(self.root / f"{name}.log", "ab")
-        proc = subprocess.Popen([sys.executable, "-m", "celery", "-A", "sluice.app", *args],
-                                env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-        log.close()
+        proc = processes.celery("sluice.app", list(args), self.env, self.root / f"{name}.log")
         self.procs.append(proc)
         return proc
 
     def stop(self, timeout: float = 20.0) -> None:
         for proc in reversed(self.procs):
             if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
+                proc.send_signal(signal.SIGTERM)  # all at once: they drain in parallel
         for proc in reversed(self.procs):
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)  # leftover pool children of that group
-            except (ProcessLookupError, PermissionError):
-                pass
+            processes.stop(proc, timeout=timeout)
 
     def pids(self) -> list[int]:
         return [p.pid for p in self.procs]
@@ -305,7 +294,7 @@ def _plot(timeline: list[dict[str, Any]], path: str) -> None:
         for outcome, style in (("accepted", "-"), ("shed", ":")):
             series = [s["counts"].get(f"{p.name}:{outcome}", 0) for s in timeline]
             rate = [0.0] + [(b - a) / max(1e-6, t2 - t1) for a, b, t1, t2 in
-                            zip(series, series[1:], t, t[1:])]
+                            zip(series, series[1:], t, t[1:], strict=False)]
             ax2.plot(t, rate, style, label=f"{p.name} {outcome}")
     ax2.set_ylabel("jobs/s")
     ax2.set_xlabel("seconds")

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import NoReturn
 from urllib.parse import unquote, urlsplit
 
-from sluice.embedded import redis_binary
+from ops.embedded import redis_binary
 from sluice.errors import ConfigError
 from sluice.settings import get_settings
 

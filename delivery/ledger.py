@@ -3,7 +3,7 @@
 kombu's Redis transport BRPOPs a message and only then records it in its unacked set; a
 worker that dies between the two (SIGKILL, power loss, the in-flight reply of celery #4354)
 loses that job, and nothing else knows it existed. So every accepted job is also written to
-the ledger, in the same script call as its LPUSH (`producers.sending`), and a worker forgets it as the job starts (by
+the ledger, in the same script call as its LPUSH (`delivery.sending`), and a worker forgets it as the job starts (by
 then kombu holds it in unacked, which restores it if the worker dies). The reconcile job
 re-sends a ledger entry that is neither queued, nor reserved, nor started, once it has been
 seen missing twice, `confirm_s` apart: a job in flight is missing only for milliseconds.
@@ -16,10 +16,12 @@ import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import cast
 
 import redis
 
 from sluice import keys
+from sluice.connections import hash_fields, text, texts
 from sluice.priorities import QUEUES
 
 __all__ = ["forget", "LostVerdict", "judge", "recover_lost", "survey", "resend", "Survey",
@@ -28,12 +30,19 @@ __all__ = ["forget", "LostVerdict", "judge", "recover_lost", "survey", "resend",
 log = logging.getLogger("sluice.ledger")
 
 
-def forget(client: redis.Redis, task_ids: Iterable[str]) -> None:
-    """The jobs started (or were dropped on purpose): they leave the ledger. One HDEL, on
-    every job start; the time index and the suspects are cleaned by `recover_lost`."""
+def forget(client: redis.Redis, task_ids: Iterable[str], *, started: int = 0) -> None:
+    """The jobs started (or were dropped on purpose): they leave the ledger. One round trip
+    on every job start, which also counts the start (`keys.STARTED`: the gate's drain rate);
+    the time index and the suspects are cleaned by `recover_lost`."""
     ids = list(task_ids)
+    if not ids and not started:
+        return
+    pipe = client.pipeline(transaction=False)
     if ids:
-        client.hdel(keys.LEDGER, *ids)
+        pipe.hdel(keys.LEDGER, *ids)
+    if started:
+        pipe.incrby(keys.STARTED, started)
+    pipe.execute()
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +97,7 @@ def _message_id(raw: bytes | str) -> str:
 
 
 #: Entries of started jobs stay in the time index this long after their grace, so that a
-#: fence (`producers.sending`) settling an undecided send still finds the evidence.
+#: fence (`delivery.sending`) settling an undecided send still finds the evidence.
 KEEP_STARTED_S = 120.0
 
 #: Re-send one lost job only if its index score is still the one this run judged: two
@@ -128,20 +137,20 @@ def survey(client: redis.Redis, now: float, grace_s: float, confirm_s: float,
     if not scored:
         client.delete(keys.LEDGER_SUSPECTS)
         return Survey({})
-    scores = {t.decode(): s.decode() for t, s in scored}
-    entries = dict(zip(scores, client.hmget(keys.LEDGER, list(scores))))
+    scores = {text(t): text(s) for t, s in cast(list[tuple[bytes, bytes]], scored)}
+    entries = dict(zip(scores, client.hmget(keys.LEDGER, list(scores)), strict=False))
     started = [t for t, raw in entries.items()
                if raw is None and float(scores[t]) < now - grace_s - KEEP_STARTED_S]
     old = [t for t, raw in entries.items() if raw is not None]
     present = _ids_in_queues(client) | _ids_reserved(client) if old else set()
-    suspects = {k.decode(): float(v) for k, v in client.hgetall(keys.LEDGER_SUSPECTS).items()}
+    suspects = {k: float(v) for k, v in texts(client.hgetall(keys.LEDGER_SUSPECTS)).items()}
     verdict = judge(old, present, suspects, now, confirm_s)
     pipe = client.pipeline(transaction=False)
     if started:
         pipe.zrem(keys.LEDGER_AT, *started)
     pipe.delete(keys.LEDGER_SUSPECTS)
     if verdict.suspects:
-        pipe.hset(keys.LEDGER_SUSPECTS, mapping=verdict.suspects)
+        pipe.hset(keys.LEDGER_SUSPECTS, mapping=hash_fields(verdict.suspects))
     pipe.execute()
     return Survey({t: scores[t] for t in sorted(verdict.resend)})
 

@@ -1,5 +1,5 @@
 """The `sluice` command line (the one top-floor module: it may import every package)."""
 
-from sluice.cli.main import app, main
+from ops.cli.main import app, main
 
 __all__ = ["app", "main"]

@@ -10,9 +10,9 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import JSON, DateTime, Integer, String, delete, func, select
+from sqlalchemy import JSON, CursorResult, DateTime, Integer, String, delete, func, select
 from sqlalchemy.orm import Mapped, mapped_column
 
 from sluice.connections import Base, session_factory
@@ -42,7 +42,7 @@ def add_to_outbox(task_id: str, task_name: str, queue: str, payload: Any,
     with session_factory().begin() as session:
         session.add(OutboxEntry(task_id=task_id, task_name=task_name, queue=queue,
                                 payload=payload, headers=headers,
-                                created_at=dt.datetime.now(dt.timezone.utc)))
+                                created_at=dt.datetime.now(dt.UTC)))
 
 
 def outbox_size() -> int:
@@ -66,7 +66,8 @@ def flush_outbox(send: Callable[[OutboxEntry], None], limit: int = 1000) -> int:
             entry = session.get(OutboxEntry, entry_id)
             if entry is None:
                 continue
-            if session.execute(delete(OutboxEntry).where(OutboxEntry.id == entry_id)).rowcount:
+            gone = session.execute(delete(OutboxEntry).where(OutboxEntry.id == entry_id))
+            if cast(CursorResult[Any], gone).rowcount:
                 send(entry)
                 sent += 1
     if sent:

@@ -24,20 +24,25 @@ from __future__ import annotations
 import base64
 import logging
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from kombu.transport import redis as kredis
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
 
-from sluice.records import MALFORMED_TASK, DeadLetterRecord
+from delivery.spool import spool
+from sluice.connections import redis_client
+from sluice.records import MALFORMED_TASK, DeadLetterRecord, FailureReason
+from sluice.settings import get_settings
 
-__all__ = ["Transport", "Channel", "QoS", "bad_message_record", "raw_text", "set_aside"]
+__all__ = ["Transport", "Channel", "QoS", "bad_message_record", "raw_text", "set_aside",
+           "use_sink"]
 
-log = logging.getLogger("sluice.transport")
+log = logging.getLogger("delivery.transport")
 
 #: reason of every dead letter made from a message that could not be run at all
-MALFORMED = "MALFORMED_MESSAGE"
+MALFORMED = FailureReason.MALFORMED_MESSAGE
 _RAW_MAX = 65_536
 
 
@@ -66,16 +71,26 @@ def bad_message_record(queue: str, raw: Any, why: str, *, reason: str = MALFORME
         exc_type=exc_type, exc_message=why, reason=reason, retryable=False)
 
 
+#: Where a bad message's dead letter goes: the worker installs the dead-letter recorder
+#: (`workers.consumer`); until then (or anywhere else) the fsync'd spool keeps it.
+Sink = Callable[[DeadLetterRecord], str]
+_sink: Sink | None = None
+
+
+def use_sink(sink: Sink) -> None:
+    """Store set-aside records with `sink` (the worker passes the dead-letter recorder)."""
+    global _sink
+    _sink = sink
+
+
 def set_aside(record: DeadLetterRecord) -> str | None:
-    """Store a bad message's dead letter now (the database, else the spool); returns where it
-    went, None if even the spool failed. Never raises: the consumer must keep running.
-
-    Imported here, not at module level: the kernel does not depend on `dlq`; only a worker,
-    where kombu loads this transport, ever sets anything aside."""
-    from dlq.recorder import get_recorder
-
+    """Store a bad message's dead letter now (the installed sink, else the spool); returns
+    where it went, None if even that failed. Never raises: the consumer must keep running."""
     try:
-        return get_recorder().record(record)
+        if _sink is not None:
+            return _sink(record)
+        settings = get_settings()
+        return spool(record, redis_client(), settings.spool_path)
     except Exception:
         log.exception("could not record dead letter %s", record.task_id)
         return None
@@ -133,7 +148,7 @@ class Channel(kredis.Channel):
                 raise
             return dict(self._sluice_params[asynchronous])
         self._sluice_params[asynchronous] = dict(params)
-        return params
+        return dict(params)
 
     def _lookup(self, exchange: str, routing_key: str, default: str | None = None
                 ) -> list[str]:
@@ -142,7 +157,7 @@ class Channel(kredis.Channel):
         routing key names its queue, so the message goes back to that queue, not nowhere."""
         if self.connection is None:
             return [routing_key]
-        return super()._lookup(exchange, routing_key, default)
+        return list(super()._lookup(exchange, routing_key, default))
 
     def _brpop_read(self, **options: Any) -> bool:
         """kombu's, with the popped item checked before kombu sees it."""
@@ -171,7 +186,7 @@ class Channel(kredis.Channel):
                 self._set_aside(dest, item, why)
             return True
         finally:
-            self._in_poll = None
+            self._in_poll = None  # type: ignore[assignment]  # kombu's own reset
             flush = getattr(self, "_flush_brpop_reauth", None)
             if flush is not None:
                 flush()

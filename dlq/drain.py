@@ -1,9 +1,6 @@
-"""Where dead letters wait while the database is unavailable, and how they get out.
-
-The spool is first a local JSONL file, appended and fsync'd under a file lock: it is durable
-on the host, whatever Redis' persistence. Only when the file cannot be written does a record
-go to a Redis list. `drain_spool` moves both into the store; `drain_local_spool` drains this
-host's file (run by a worker as it starts, since on another host reconcile cannot reach it).
+"""How spooled dead letters (`delivery.spool`) get into the store. `drain_spool` moves both
+spools; `drain_local_spool` drains this host's file (run by a worker as it starts, since on
+another host reconcile cannot reach it).
 
 Draining never deletes what it has not stored:
 
@@ -28,15 +25,15 @@ from pathlib import Path
 import redis
 from sqlalchemy.exc import SQLAlchemyError
 
+from delivery.spool import drains_under_way
 from dlq.store import CHUNK, DeadLetterStore, Unreadable
 from sluice import keys
 from sluice.records import DeadLetterRecord
 from sluice.settings import get_settings
 
-__all__ = ["DrainResult", "spool", "spool_to_file", "drain_spool", "drain_local_spool",
-           "spool_sizes", "LEASE_MS"]
+__all__ = ["DrainResult", "drain_spool", "drain_local_spool", "LEASE_MS"]
 
-log = logging.getLogger("sluice.dlq.spool")
+log = logging.getLogger("sluice.dlq.drain")
 
 #: How long a Redis drain may go without renewing its lease (once per batch) before a later
 #: drain takes its batch over. Longer than any one batch write; taking over a live drain's
@@ -63,32 +60,6 @@ class DrainResult:
 
     def __add__(self, other: DrainResult) -> DrainResult:
         return DrainResult(self.stored + other.stored, self.quarantined + other.quarantined)
-
-
-def spool(rec: DeadLetterRecord, client: redis.Redis, path: Path) -> str:
-    """Keep `rec` safe without the database. Returns where it went: `file` or `redis`.
-
-    The fsync'd file comes first: it survives a crash of this host's processes and of Redis
-    (which may run without persistence); Redis is the fallback for a host whose disk is full
-    or read-only. Raises only if both fail."""
-    try:
-        spool_to_file(rec, path)
-        return "file"
-    except OSError as exc:
-        log.error("file spool %s unwritable (%s): spooling dead letter %s to Redis", path,
-                  exc, rec.task_id)
-    client.rpush(keys.DLQ_SPOOL, rec.to_json())
-    return "redis"
-
-
-def spool_to_file(rec: DeadLetterRecord, path: Path) -> None:
-    """Append one JSON line and fsync before returning: the record survives a crash."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", encoding="utf-8") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        fh.write(rec.to_json() + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
 
 
 def drain_spool(store: DeadLetterStore, client: redis.Redis | None, path: Path,
@@ -140,7 +111,7 @@ def _drain_redis(store: DeadLetterStore, client: redis.Redis, batch: int,
     try:
         _take(client, me, 0, lease_ms)  # leased and registered before holding anything
         adopt = client.register_script(_ADOPT)
-        for other in _members(client) - {me}:
+        for other in drains_under_way(client) - {me}:
             taken = adopt(keys=[keys.dlq_spool_lease(other), keys.dlq_spool_processing(other),
                                 keys.DLQ_SPOOL_DRAINS, mine], args=[other])
             if taken and taken > 0:
@@ -159,12 +130,6 @@ def _drain_redis(store: DeadLetterStore, client: redis.Redis, batch: int,
     pipe.delete(lease)
     pipe.execute()
     return result
-
-
-def _members(client: redis.Redis) -> set[str]:
-    """The ids of the Redis drains under way (or that died under way)."""
-    return {m.decode() if isinstance(m, bytes) else str(m)
-            for m in client.smembers(keys.DLQ_SPOOL_DRAINS)}
 
 
 def _take(client: redis.Redis, me: str, batch: int, lease_ms: int) -> list[bytes]:
@@ -192,20 +157,3 @@ def _store(store: DeadLetterStore, lines: list[bytes] | list[str]) -> DrainResul
     return DrainResult(written.stored, written.quarantined)
 
 
-def spool_sizes(client: redis.Redis | None, path: Path) -> dict[str, int | None]:
-    """How many records wait in each spool (None when that spool cannot be read). Records
-    a Redis drain holds in its processing list count as spooled until stored."""
-    try:
-        in_redis: int | None = None
-        if client is not None:
-            pipe = client.pipeline(transaction=False)
-            for name in [keys.DLQ_SPOOL, *map(keys.dlq_spool_processing, _members(client))]:
-                pipe.llen(name)
-            in_redis = sum(int(n) for n in pipe.execute())
-    except redis.RedisError:
-        in_redis = None
-    in_file = 0
-    if path.exists():
-        with open(path, encoding="utf-8", errors="replace") as fh:
-            in_file = sum(1 for line in fh if line.strip())
-    return {"redis": in_redis, "file": in_file}

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from sluice import keys
-from sluice.connections import redis_client
+from sluice.connections import redis_client, text, texts
 from sluice.settings import get_settings, mask_url
 
 __all__ = ["run_checks", "worker_state"]
@@ -40,25 +40,25 @@ def _migrations() -> str:
 
 
 def _outbox() -> str:
-    from producers.outbox import outbox_size
+    from delivery.outbox import outbox_size
 
     return f"{outbox_size()} CRITICAL job(s) waiting"
 
 
 def _spool() -> str:
-    from dlq.spool import spool_sizes
+    from delivery.spool import spool_sizes
 
     try:
         client = redis_client()
         client.ping()
     except Exception:
-        client = None  # type: ignore[assignment]
+        client = None
     sizes = spool_sizes(client, get_settings().spool_path)
     return f"{sizes['redis']} in Redis, {sizes['file']} in {get_settings().spool_path}"
 
 
 def _stuck() -> str:
-    stuck = {k.decode(): int(v) for k, v in redis_client().hgetall(keys.STUCK).items()}
+    stuck = {k: int(v) for k, v in texts(redis_client().hgetall(keys.STUCK)).items()}
     if stuck.get("over_time_limit") or stuck.get("over_visibility"):
         raise RuntimeError(f"{stuck.get('over_time_limit', 0)} job(s) past their time limit, "
                            f"{stuck.get('over_visibility', 0)} past the visibility timeout")
@@ -92,4 +92,4 @@ def run_checks() -> list[dict[str, Any]]:
 def worker_state(hostname: str) -> str:
     """`ready`, `shutting down`, or `unknown` (not running, or never started)."""
     raw = redis_client().get(keys.worker_state(hostname))
-    return raw.decode() if raw else "unknown"
+    return text(raw) if raw else "unknown"
