@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import signal
 import subprocess
 import sys
 import tempfile
@@ -17,7 +16,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from sluice.embedded import EmbeddedRedis  # noqa: E402
+from ops import processes  # noqa: E402
+from ops.embedded import EmbeddedRedis  # noqa: E402
+from ops.state import reset_process_state  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 #: Thresholds far above any benchmark's depth: the gate stays at NORMAL while nothing drains.
@@ -45,40 +46,19 @@ def use_env(env: dict[str, str]) -> None:
     """Apply `env` to this process and forget cached settings and connections."""
     os.environ.update({k: v for k, v in env.items()
                        if k.startswith(("SLUICE_", "BENCH_"))})
-    from dlq.recorder import reset_recorder
-    from producers import reset_default_producer
-    from sluice.connections import reset
-
-    reset_default_producer()
-    reset_recorder()
-    reset()
+    reset_process_state()
 
 
 def start_worker(app: str, env: dict[str, str], log: Path, concurrency: int = 2,
                  queues: str = "critical,high,normal,low", name: str = "bench@localhost",
                  extra: list[str] | None = None) -> subprocess.Popen[bytes]:
-    fh = open(log, "ab")
-    proc = subprocess.Popen([sys.executable, "-m", "celery", "-A", app, "worker", "-Q", queues,
-                             "-c", str(concurrency), "-n", name, "-l", "warning",
-                             "--without-mingle", "--without-gossip", *(extra or [])],
-                            env=env, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT,
-                            start_new_session=True)
-    fh.close()
-    return proc
+    return processes.celery(app, ["worker", "-Q", queues, "-c", str(concurrency), "-n", name,
+                                  "-l", "warning", "--without-mingle", "--without-gossip",
+                                  *(extra or [])], env, log, cwd=ROOT)
 
 
 def stop(proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
+    processes.stop(proc, timeout=timeout)
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float, what: str) -> None:
@@ -114,5 +94,8 @@ def temp_dir(prefix: str) -> Path:
     return Path(tempfile.mkdtemp(prefix=prefix))
 
 
-def redis_server(tmp: Path) -> EmbeddedRedis:
-    return EmbeddedRedis(tmp / "redis").start()
+def redis_server(tmp: Path, maxmemory: str | None = None) -> EmbeddedRedis:
+    """A fresh Redis of our own (`noeviction`); `maxmemory` caps it (e.g. "32mb"): once
+    full it refuses every write that would grow it (OOM), as a production Redis would."""
+    extra = ("--maxmemory", maxmemory) if maxmemory else ()
+    return EmbeddedRedis(tmp / "redis", extra_args=extra).start()

@@ -12,8 +12,7 @@ import argparse
 import time
 from typing import Any
 
-from _common import (GATE_OPEN, bench_env, print_table, redis_server, temp_dir, use_env,
-                     write_json)
+from _common import GATE_OPEN, bench_env, print_table, redis_server, temp_dir, use_env, write_json
 
 
 def records(n: int, prefix: str) -> list[Any]:

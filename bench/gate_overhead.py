@@ -15,8 +15,7 @@ import argparse
 import time
 from typing import Any
 
-from _common import (GATE_OPEN, bench_env, print_table, redis_server, temp_dir, use_env,
-                     write_json)
+from _common import GATE_OPEN, bench_env, print_table, redis_server, temp_dir, use_env, write_json
 
 PAYLOAD = {"submitted_at": 0.0, "priority": "NORMAL", "sleep_s": 0.0, "tid": ""}
 
@@ -63,7 +62,7 @@ def measure(server: Any, n: int, rounds: int) -> dict[str, Any]:
         "sluice submit_many (500/batch)": lambda: [
             producer.submit_many("bench.work", [PAYLOAD] * 500) for _ in range(n // 500)],
     }
-    for name, fn in paths.items():  # warm-up: connections, imports, first-use caches
+    for fn in paths.values():  # warm-up: connections, imports, first-use caches
         fn()
     for _ in range(rounds):
         for name, fn in paths.items():

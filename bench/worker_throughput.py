@@ -15,8 +15,18 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from _common import (GATE_OPEN, bench_env, print_table, redis_server, start_worker, stop,
-                     temp_dir, use_env, wait_until, write_json)
+from _common import (
+    GATE_OPEN,
+    bench_env,
+    print_table,
+    redis_server,
+    start_worker,
+    stop,
+    temp_dir,
+    use_env,
+    wait_until,
+    write_json,
+)
 
 APPS = {"sluice": ("sluice.app", ["-I", "bench.tasks"]), "plain": ("bench.tasks:plain", [])}
 
