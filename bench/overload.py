@@ -22,8 +22,17 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from _common import (bench_env, print_table, redis_server, start_worker, stop, temp_dir,
-                     use_env, wait_until, write_json)
+from _common import (
+    bench_env,
+    print_table,
+    redis_server,
+    start_worker,
+    stop,
+    temp_dir,
+    use_env,
+    wait_until,
+    write_json,
+)
 
 MIX = {"CRITICAL": 0.10, "HIGH": 0.20, "NORMAL": 0.30, "LOW": 0.40}
 JOB_S = 0.02
@@ -41,7 +50,7 @@ class Offer:
     def note(self, priority: str, payloads: list[dict], accepted: list[bool]) -> None:
         with self.lock:
             self.counts[f"{priority}:offered"] += len(payloads)
-            for p, ok in zip(payloads, accepted):
+            for p, ok in zip(payloads, accepted, strict=False):
                 self.counts[f"{priority}:{'accepted' if ok else 'shed'}"] += 1
                 if ok:
                     self.submitted[p["tid"]] = (priority, p["submitted_at"])
@@ -162,8 +171,8 @@ def measure_capacity(tmp: Path, n: int = 300) -> float:
     server = redis_server(tmp / "capacity")
     env = bench_env(server.url, tmp / "capacity")
     use_env(env)
-    from dlq.migrate import upgrade
     import bench.tasks  # noqa: F401
+    from dlq.migrate import upgrade
     from producers import default_producer
 
     upgrade()
