@@ -23,21 +23,24 @@ from __future__ import annotations
 
 import base64
 import logging
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
 
 from kombu.transport import redis as kredis
+from kombu.transport import virtual as kvirtual
 from kombu.utils.encoding import bytes_to_str
-from kombu.utils.json import loads
+from kombu.utils.json import dumps, loads
 
 from delivery.spool import spool
+from sluice import keys
 from sluice.connections import redis_client
 from sluice.records import MALFORMED_TASK, DeadLetterRecord, FailureReason
 from sluice.settings import get_settings
 
 __all__ = ["Transport", "Channel", "QoS", "bad_message_record", "raw_text", "set_aside",
-           "use_sink"]
+           "use_sink", "use_holder"]
 
 log = logging.getLogger("delivery.transport")
 
@@ -83,6 +86,17 @@ def use_sink(sink: Sink) -> None:
     _sink = sink
 
 
+#: the worker this process is (`use_holder`): the messages its channels hold are indexed
+#: under that name, so that `delivery.recovery` can give them back if it dies.
+_holder: str | None = None
+
+
+def use_holder(hostname: str) -> None:
+    """Index the messages this process holds under `hostname` (a worker, at start)."""
+    global _holder
+    _holder = hostname
+
+
 def set_aside(record: DeadLetterRecord) -> str | None:
     """Store a bad message's dead letter now (the installed sink, else the spool); returns
     where it went, None if even that failed. Never raises: the consumer must keep running."""
@@ -99,6 +113,22 @@ def set_aside(record: DeadLetterRecord) -> str | None:
 class QoS(kredis.QoS):
     """kombu's ack emulation, except that closing a channel whose connection was lost does
     not put the jobs it delivered back on their queues (see the module docstring)."""
+
+    def append(self, message: Any, delivery_tag: str) -> None:
+        """kombu's, with the tag also in this worker's holdings, in the same pipeline."""
+        delivery = message.delivery_info
+        with self.pipe_or_acquire() as pipe:
+            pipe.zadd(self.unacked_index_key, {delivery_tag: time.time()})
+            pipe.hset(self.unacked_key, delivery_tag, dumps(
+                [message._raw, delivery["exchange"], delivery["routing_key"]]))
+            if _holder is not None:
+                pipe.sadd(keys.held(_holder), delivery_tag)
+            pipe.execute()
+        kvirtual.QoS.append(self, message, delivery_tag)
+
+    def _remove_from_indices(self, delivery_tag: str, pipe: Any = None) -> Any:
+        pipe = super()._remove_from_indices(delivery_tag, pipe)
+        return pipe.srem(keys.held(_holder), delivery_tag) if _holder is not None else pipe
 
     def restore_unacked_once(self, stderr: Any = None) -> None:
         """Restore on a clean close (shutdown); after a connection loss, or if the restore

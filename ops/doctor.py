@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -71,9 +72,20 @@ def _config() -> str:
             f"{s.retry_backoff_max}s, time limit {s.task_time_limit}s")
 
 
+def _workers() -> str:
+    """Live workers, their last heartbeat and what they hold; dead ones until recovered."""
+    from delivery.recovery import holders
+
+    now, parts = time.time(), []
+    for name, (seen, held) in holders(redis_client()).items():
+        state = f"heartbeat {now - seen:.1f}s ago" if seen else "DEAD (its jobs are restored)"
+        parts.append(f"{name}: {state}, holds {held}")
+    return "; ".join(parts) or "no worker has run yet"
+
+
 CHECKS: dict[str, Callable[[], str]] = {
     "config": _config, "redis": _redis, "database": _database, "migrations": _migrations,
-    "outbox": _outbox, "spool": _spool, "stuck jobs": _stuck,
+    "outbox": _outbox, "spool": _spool, "stuck jobs": _stuck, "workers": _workers,
 }
 
 

@@ -66,6 +66,8 @@ class SluiceCollector(Collector):
         for key, metric, doc, label in (
                 (keys.RETRIES, "sluice_retries", "Retries by task", "task"),
                 (keys.EXPIRED, "sluice_expired", "Expired jobs by task", "task"),
+                (keys.RECOVERED, "sluice_recovered", "Jobs put back on their queue from dead "
+                 "workers, by queue", "queue"),
                 (keys.PRESSURE_CHANGES, "sluice_pressure_changes", "Level changes by the "
                  "level entered", "level")):
             fam = CounterMetricFamily(metric, doc, labels=[label])

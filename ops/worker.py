@@ -15,8 +15,12 @@ from typing import Any
 
 from celery.apps.worker import Worker
 
+from delivery.recovery import announce, restore_held
+from delivery.transport import use_holder
 from dlq.drain import drain_local_spool
 from dlq.migrate import check_schema
+from sluice.connections import redis_client
+from sluice.settings import get_settings
 from workers.hooks import HookEvent, WorkerDetail, emit
 
 __all__ = ["SluiceWorker"]
@@ -28,7 +32,16 @@ class SluiceWorker(Worker):
     def on_before_init(self, **kwargs: Any) -> None:
         check_schema()  # PendingMigrations: "run `sluice db upgrade`"
         drain_local_spool()  # only a process on this host can reach this host's spool file
+        self._take_over_holdings()
         super().on_before_init(**kwargs)
+
+    def _take_over_holdings(self) -> None:
+        """Index what this worker will hold under its name; give back what its previous life
+        under that name held (it died with it), before consuming anything."""
+        client, settings = redis_client(), get_settings()
+        use_holder(self.hostname)
+        restore_held(client, self.hostname)
+        announce(client, self.hostname, settings.worker_heartbeat_ttl)
 
     def wait_for_soft_shutdown(self) -> None:
         emit(HookEvent.SHUTTING_DOWN, WorkerDetail(HookEvent.SHUTTING_DOWN, self.hostname,

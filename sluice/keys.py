@@ -41,6 +41,24 @@ def parse_submission_field(field: str) -> tuple[str, str]:
     return priority, outcome
 #: hash of counters: pressure level changes by the level entered.
 PRESSURE_CHANGES = PREFIX + "stats:pressure_changes"
+#: set: hostnames of the workers that hold (or held) messages (`delivery.recovery`).
+HOLDERS = PREFIX + "holders"
+#: hash of counters: messages put back on their queues from dead workers, by queue.
+RECOVERED = PREFIX + "stats:recovered"
+#: lock held by the one worker recovering dead workers' messages at a time.
+RECOVERY_LOCK = PREFIX + "lock:recovery"
+
+
+def alive(hostname: str) -> str:
+    """A worker's liveness key (epoch of its last heartbeat), expiring after the TTL."""
+    return f"{PREFIX}alive:{hostname}"
+
+
+def held(hostname: str) -> str:
+    """Set: the delivery tags of the messages `hostname` holds (kombu's unacked entries)."""
+    return f"{PREFIX}held:{hostname}"
+
+
 #: counter: jobs started, by every worker (the monitor turns it into a drain rate).
 STARTED = PREFIX + "stats:started"
 #: hash of counters: retries by task name.

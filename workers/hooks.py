@@ -16,7 +16,7 @@ from typing import Any
 import redis
 from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential
 
-from delivery import ledger
+from delivery import ledger, recovery
 from sluice import keys
 from sluice.connections import redis_client
 from sluice.settings import get_settings
@@ -166,9 +166,17 @@ def renew_state(detail: WorkerDetail) -> None:
                            ex=max(1, round(get_settings().worker_heartbeat_ttl)))
 
 
+@subscribe(HookEvent.HEARTBEAT)
+def stay_alive(detail: WorkerDetail) -> None:
+    """Renew this worker's liveness, then give back what dead workers held."""
+    client, settings = redis_client(), get_settings()
+    recovery.announce(client, detail.hostname, settings.worker_heartbeat_ttl)
+    recovery.recover_dead(client, me=detail.hostname)
+
+
 @subscribe(HookEvent.STOPPED)
 def clear_state(detail: WorkerDetail) -> None:
     _STATES.pop(detail.hostname, None)
-    redis_client().delete(keys.worker_state(detail.hostname))
+    redis_client().delete(keys.worker_state(detail.hostname), keys.alive(detail.hostname))
 
 
