@@ -70,6 +70,18 @@ class SluiceTask(Task):
     max_wait: float | None = None  #: seconds a job may wait before it starts (None: default)
     Request = "workers.base:SluiceRequest"
 
+    def apply_async(self, args: Any = None, kwargs: Any = None, **options: Any) -> Any:
+        """Celery's, with the printable arguments masked. Every message Celery sends for a
+        Sluice task passes here, retries included: `Task.retry` does not carry the first
+        message's masked `argsrepr` over and would rebuild it with the secrets in clear."""
+        if self.payload_model is not None:
+            if options.get("argsrepr") is None and args:
+                options["argsrepr"] = repr([mask_secrets(self.payload_model, a)
+                                            for a in args])
+            if options.get("kwargsrepr") is None and kwargs:
+                options["kwargsrepr"] = repr(mask_secrets(self.payload_model, kwargs))
+        return super().apply_async(args, kwargs, **options)
+
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         raw = args[0] if args else kwargs
         assert self.payload_model is not None
