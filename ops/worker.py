@@ -19,6 +19,7 @@ from delivery.recovery import announce, restore_held
 from delivery.transport import use_holder
 from dlq.drain import drain_local_spool
 from dlq.migrate import check_schema
+from sluice.app import WORKER_TRANSPORT
 from sluice.connections import redis_client
 from sluice.settings import get_settings
 from workers.hooks import HookEvent, WorkerDetail, emit
@@ -30,6 +31,7 @@ class SluiceWorker(Worker):
     """Refuses to start on a stale schema; announces `shutting down` as the drain starts."""
 
     def on_before_init(self, **kwargs: Any) -> None:
+        self.app.conf.broker_transport = WORKER_TRANSPORT
         check_schema()  # PendingMigrations: "run `sluice db upgrade`"
         drain_local_spool()  # only a process on this host can reach this host's spool file
         self._take_over_holdings()

@@ -18,7 +18,7 @@ from sluice.connections import ssl_options
 from sluice.priorities import QUEUES
 from sluice.settings import Settings, get_settings
 
-__all__ = ["app", "create_app", "TASK_MODULES"]
+__all__ = ["app", "create_app", "TASK_MODULES", "WORKER_TRANSPORT"]
 
 #: Modules that define tasks; a worker imports them all so it registers every task.
 TASK_MODULES: tuple[str, ...] = (
@@ -56,13 +56,18 @@ def transport_options(settings: Settings) -> dict[str, object]:
     }
 
 
+#: The hardened Redis transport, loaded by workers only (`ops.worker`): everything else
+#: (producers, beat, Flower) uses a plain `redis://` URL, which is also how Flower recognises
+#: the broker to show its queues.
+WORKER_TRANSPORT = "delivery.transport:Transport"
+
+
 def celery_config(settings: Settings) -> dict[str, object]:
     """The Celery configuration derived from Sluice settings (pure: testable without Redis)."""
     url = settings.redis_url.get_secret_value()
     exchange = Exchange("sluice", type="direct")
     return {
         "broker_url": url,
-        "broker_transport": "delivery.transport:Transport",
         "broker_use_ssl": ssl_options(url),
         "broker_transport_options": transport_options(settings),
         "broker_connection_retry_on_startup": True,

@@ -64,7 +64,7 @@ def test_redis_holds_dead_letters_only_when_the_file_cannot_be_written(
 
 
 def test_a_worker_drains_its_own_file_spool_safely_beside_reconcile(store_env: Env) -> None:
-    from dlq.spool import drain_local_spool  # what a worker runs as it starts
+    from dlq.drain import drain_local_spool  # what a worker runs as it starts
 
     path = get_settings().spool_path
     path.write_text("".join(rec(f"l{i}").to_json() + "\n" for i in range(300)))

@@ -182,19 +182,20 @@ def test_a_job_revoked_before_it_starts_leaves_the_ledger_and_never_runs(
 def test_the_readiness_key_is_a_heartbeat_renewed_while_alive_gone_after_a_kill(
         sluice_env: Env, processes: Processes) -> None:
     from ops.doctor import worker_state
-    from workers.hooks import HEARTBEAT_INTERVAL_S, HEARTBEAT_TTL_S
 
+    interval, ttl = 2, 8  # short, for the test (SLUICE_WORKER_HEARTBEAT_*)
     client, key = sluice_env.client, keys.worker_state("hb@test")
-    worker = processes.worker(name="hb@test")
-    ttl_ms = HEARTBEAT_TTL_S * 1000
+    worker = processes.worker(name="hb@test", worker_heartbeat_interval=str(interval),
+                              worker_heartbeat_ttl=str(ttl))
+    ttl_ms = ttl * 1000
     assert 0 < client.pttl(key) <= ttl_ms
     aged = wait_for(lambda: (p := client.pttl(key)) < ttl_ms - 1500 and p,
-                    timeout=HEARTBEAT_INTERVAL_S, what="the key ageing")
-    wait_for(lambda: client.pttl(key) > aged + 1000, timeout=HEARTBEAT_INTERVAL_S + 2,
+                    timeout=interval + 2, what="the key ageing")
+    wait_for(lambda: client.pttl(key) > aged + 1000, timeout=interval + 2,
              what="the heartbeat renewing the key")
     assert worker_state("hb@test") == "ready"
     worker.kill()
-    wait_for(lambda: not client.exists(key), timeout=HEARTBEAT_TTL_S + 1,
+    wait_for(lambda: not client.exists(key), timeout=ttl + 2,
              what="the key expiring after the worker died")
     assert worker_state("hb@test") == "unknown"
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import time
 
 import typer
@@ -12,6 +13,10 @@ from ops.cli.app import JSON, app, db_app, schedule_app
 from ops.cli.output import FAILURE, USAGE, console, emit, fail
 
 # -- database, schedules, metrics ------------------------------------------------------------
+
+#: Celery from this interpreter's environment, whatever PATH says (no venv activated).
+CELERY = [sys.executable, "-m", "celery"]
+
 
 @db_app.command("upgrade")
 def db_upgrade() -> None:
@@ -110,13 +115,13 @@ def worker(queues: str = typer.Option("critical,high,normal,low", "--queues", "-
            hostname: str | None = typer.Option(None, "--hostname", "-n"),
            loglevel: str = typer.Option("info", "--loglevel", "-l")) -> None:
     """Run a worker: strict queue order, SIGTERM drains for SLUICE_DRAIN_SECONDS."""
-    args = ["celery", "-A", "sluice.app", "worker", "-Q", queues, "-l", loglevel]
+    args = [*CELERY, "-A", "sluice.app", "worker", "-Q", queues, "-l", loglevel]
     if concurrency:
         args += ["-c", str(concurrency)]
     if hostname:
         args += ["-n", hostname]
     os.environ["REMAP_SIGTERM"] = "SIGQUIT"  # SIGTERM -> soft shutdown (the drain window)
-    os.execvp(args[0], args)
+    os.execv(args[0], args)
 
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
@@ -130,8 +135,8 @@ def flower(address: str = typer.Option("127.0.0.1", "--address"),
     if address not in LOOPBACK and not os.environ.get("FLOWER_BASIC_AUTH"):
         fail(f"Flower on {address} needs FLOWER_BASIC_AUTH=user:password in the environment "
              "(only a 127.0.0.1 binding may run without it)", USAGE)
-    args = ["celery", "-A", "sluice.app", "flower", f"--address={address}", f"--port={port}"]
-    os.execvp(args[0], args)
+    args = [*CELERY, "-A", "sluice.app", "flower", f"--address={address}", f"--port={port}"]
+    os.execv(args[0], args)
 
 
 @app.command()
