@@ -43,8 +43,8 @@ def test_the_predicted_wait_follows_a_loss_of_capacity(sluice_env: Env,
     b = processes.worker(concurrency=1, name="b@test")
     producer = default_producer()
     producer.start()
-    submit_many("demo.flaky", [SLOW] * 120)  # ~12 s of work for two slots
-    wait_for(lambda: _rate() > 7.0, timeout=20, what="two slots draining (~10 jobs/s)")
+    submit_many("demo.flaky", [{"sleep_s": 0.1}] * 150)  # ~8 s of work for two slots
+    wait_for(lambda: _rate() > 14.0, timeout=20, what="two slots draining (~20 jobs/s)")
     before = _rate()
     b.kill()  # half the capacity is gone
     wait_for(lambda: _rate() < 0.8 * before, timeout=8, what="the drain rate following")
