@@ -82,7 +82,9 @@ def _environment(root: Path, redis_url: str) -> dict[str, str]:
                 "SLUICE_DATABASE_URL": f"sqlite:///{root / 'sluice.db'}",
                 "SLUICE_DATA_DIR": str(root / "data"),
                 "SLUICE_SPOOL_PATH": str(root / "spool.jsonl"),
-                "REMAP_SIGTERM": "SIGQUIT", "PYTHONUNBUFFERED": "1"})
+                "REMAP_SIGTERM": "SIGQUIT", "PYTHONUNBUFFERED": "1",
+                # the demo's Flower listens on 127.0.0.1 only: let its API answer there
+                "FLOWER_UNAUTHENTICATED_API": "true"})
     return env
 
 
@@ -188,6 +190,9 @@ def _run(root: Path, stack: Stack, env: dict[str, str], duration: float, concurr
     stack.start("flower", "flower", "--address=127.0.0.1", f"--port={flower_port}")
     client = redis_client()
     _wait(lambda: client.get(keys.worker_state("demo@localhost")) == b"ready", 60, "worker")
+    if not as_json:  # now, while it runs: afterwards Flower is gone
+        console.print(f"Flower: http://127.0.0.1:{flower_port} (its API too: loopback only, "
+                      "no credentials in the demo)")
     producer = default_producer()
     producer.start()
     capacity = concurrency / JOB_S
