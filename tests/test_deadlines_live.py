@@ -19,7 +19,7 @@ def _rate() -> float:
 
 def test_a_job_that_would_start_after_its_deadline_is_refused_up_front(
         sluice_env: Env, processes: Processes) -> None:
-    processes.worker(concurrency=1)
+    processes.worker(concurrency=1, drain_seconds="1")
     producer = default_producer()
     producer.start()
     submit_many("demo.flaky", [SLOW] * 40)  # ~8 s of work queued at NORMAL
@@ -39,8 +39,8 @@ def test_a_job_that_would_start_after_its_deadline_is_refused_up_front(
 
 def test_the_predicted_wait_follows_a_loss_of_capacity(sluice_env: Env,
                                                        processes: Processes) -> None:
-    processes.worker(concurrency=1, name="a@test")
-    b = processes.worker(concurrency=1, name="b@test")
+    processes.worker(concurrency=1, name="a@test", drain_seconds="1")
+    b = processes.worker(concurrency=1, name="b@test", drain_seconds="1")
     producer = default_producer()
     producer.start()
     submit_many("demo.flaky", [{"sleep_s": 0.1}] * 150)  # ~8 s of work for two slots

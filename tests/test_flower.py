@@ -34,7 +34,7 @@ def _depths(port: int) -> dict[str, int]:
 
 
 def test_flower_shows_each_queue_and_its_depth(sluice_env: Env, processes: Processes) -> None:
-    processes.worker(concurrency=1)
+    processes.worker(concurrency=1, drain_seconds="1")
     busy = submit("demo.flaky", {"sleep_s": 60})  # holds the only slot: the rest stay queued
     wait_for(lambda: not sluice_env.client.llen("normal"), what="the slot taken")
     for i in range(5):

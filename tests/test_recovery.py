@@ -22,7 +22,7 @@ def test_a_killed_workers_job_starts_on_another_worker_within_30_s_once(
     held = submit("demo.flaky", {"sleep_s": 120}, priority="CRITICAL")
     wait_for(lambda: _attempts(held.task_id), timeout=20, what="the job running on a")
     assert sluice_env.client.scard(keys.held("a@test")) == 1
-    processes.worker(concurrency=1, name="b@test")  # default heartbeat settings
+    processes.worker(concurrency=1, name="b@test", drain_seconds="1")  # default heartbeats
     killed_at = time.monotonic()
     a.kill()  # the whole worker: main process and pool
     wait_for(lambda: len(_attempts(held.task_id)) == 2, timeout=40,
@@ -36,7 +36,7 @@ def test_a_killed_workers_job_starts_on_another_worker_within_30_s_once(
 
 def test_a_killed_workers_reserved_job_is_restored_too(sluice_env: Env,
                                                        processes: Processes) -> None:
-    short = dict(worker_heartbeat_interval="1", worker_heartbeat_ttl="3")
+    short = dict(worker_heartbeat_interval="1", worker_heartbeat_ttl="3", drain_seconds="1")
     a = processes.worker(concurrency=1, name="a@test", **short)
     waiting = submit("demo.flaky", {"sleep_s": 0}, countdown=60)  # held as an ETA job
     wait_for(lambda: sluice_env.client.scard(keys.held("a@test")) == 1, timeout=20,
@@ -61,7 +61,8 @@ def test_a_killed_workers_reserved_job_is_restored_too(sluice_env: Env,
 
 def test_a_live_worker_keeps_a_job_longer_than_three_ttls(sluice_env: Env,
                                                           processes: Processes) -> None:
-    short = dict(worker_heartbeat_interval="0.5", worker_heartbeat_ttl="1.5")
+    short = dict(worker_heartbeat_interval="0.5", worker_heartbeat_ttl="1.5",
+                 drain_seconds="1")
     processes.worker(concurrency=1, name="a@test", **short)
     processes.worker(concurrency=1, name="b@test", **short)
     job = submit("demo.flaky", {"sleep_s": 5})  # > 3 x the TTL
