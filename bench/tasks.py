@@ -75,7 +75,10 @@ def tuned_app(url: str) -> Celery:
     app = Celery("tuned", broker=url, set_as_current=False)
     app.conf.update(task_serializer="json", accept_content=["json"], task_ignore_result=True,
                     task_default_queue="normal", broker_connection_retry_on_startup=True,
-                    broker_transport_options={"queue_order_strategy": "priority"},
+                    broker_transport_options={
+                        "queue_order_strategy": "priority",
+                        "visibility_timeout": int(os.environ.get("BENCH_VISIBILITY_TIMEOUT",
+                                                                 3600))},
                     worker_prefetch_multiplier=1, task_acks_late=True)
     app.task(name="bench.work", shared=False)(work_body)
     return app
