@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ops.cli import dead_letters, jobs, operate  # noqa: F401  (they register the commands)
+from ops.cli import dead_letters, jobs, operate, server, workflows  # noqa: F401  (they register the commands)
 from ops.cli.app import app
 from ops.cli.output import FAILURE, REJECTED, USAGE, err, fail
 from sluice.errors import Rejected, SluiceError, UsageError

@@ -1,0 +1,1 @@
+"""`sluice server ...`: filled in by its issue."""

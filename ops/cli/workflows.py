@@ -1,0 +1,1 @@
+"""`sluice workflows ...`: filled in by its issue."""
