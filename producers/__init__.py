@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from producers.api import Producer, Receipt
@@ -49,25 +49,28 @@ def reset_default_producer() -> None:
 
 def submit(task_name: str, payload: Any, *, priority: Priority | str | None = None,
            idempotency_key: str | None = None, countdown: float | None = None,
-           deadline: float | None = None) -> Receipt:
+           deadline: float | None = None, tenant: str | None = None,
+           headers: Mapping[str, Any] | None = None) -> Receipt:
     """Submit one job through the gate. See `Producer.submit`."""
     return default_producer().submit(task_name, payload, priority=priority,
                                       idempotency_key=idempotency_key, countdown=countdown,
-                                      deadline=deadline)
+                                      deadline=deadline, tenant=tenant, headers=headers)
 
 
 def submit_many(task_name: str, payloads: Sequence[Any], *,
                 priority: Priority | str | None = None,
-                deadline: float | None = None) -> list[Receipt | Rejected]:
+                deadline: float | None = None,
+                tenant: str | None = None) -> list[Receipt | Rejected]:
     """Submit a batch in one pipeline. See `Producer.submit_many`."""
     return default_producer().submit_many(task_name, payloads, priority=priority,
-                                          deadline=deadline)
+                                          deadline=deadline, tenant=tenant)
 
 
 async def submit_async(task_name: str, payload: Any, *, priority: Priority | str | None = None,
                        idempotency_key: str | None = None, countdown: float | None = None,
-                       deadline: float | None = None) -> Receipt:
+                       deadline: float | None = None, tenant: str | None = None,
+                       headers: Mapping[str, Any] | None = None) -> Receipt:
     """`submit` for asyncio applications. See `Producer.submit_async`."""
     return await default_producer().submit_async(
         task_name, payload, priority=priority, idempotency_key=idempotency_key,
-        countdown=countdown, deadline=deadline)
+        countdown=countdown, deadline=deadline, tenant=tenant, headers=headers)

@@ -14,7 +14,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import redis
@@ -26,7 +26,7 @@ from delivery.sending import Outcome, Outgoing, Sent, fence, is_not_sent, send_m
 from producers import killswitch
 from producers.deadline import admit
 from producers.monitor import PressureEvent, PressureMonitor
-from producers.plan import Plan, Receipt, check_countdown, task_for
+from producers.plan import Plan, Receipt, check_countdown, task_for, tenant_of
 from producers.pressure import BROKER_UNAVAILABLE, KILL_SWITCH, Thresholds
 from producers.wire import encode
 from sluice.errors import InvalidOption, InvalidPayload, OutcomeUnknown, Rejected
@@ -76,11 +76,14 @@ class Producer:
 
     def submit(self, task_name: str, payload: Any, *, priority: Priority | str | None = None,
                idempotency_key: str | None = None, countdown: float | None = None,
-               deadline: float | None = None) -> Receipt:
+               deadline: float | None = None, tenant: str | None = None,
+               headers: Mapping[str, Any] | None = None) -> Receipt:
         """Submit one job; raises Rejected, InvalidPayload, InvalidOption or UnknownTask.
         `deadline`: seconds the job may wait before it starts (default: the task's, else
-        the priority's `SLUICE_MAX_WAIT_*`)."""
-        plan = self.plan(task_name, payload, priority, idempotency_key, deadline, countdown)
+        the priority's `SLUICE_MAX_WAIT_*`). `tenant`: whose job it is (default: the
+        task's tenant field, else `default`). `headers`: extra message headers (JSON)."""
+        plan = self.plan(task_name, payload, priority, key=idempotency_key, deadline=deadline,
+                         countdown=countdown, tenant=tenant, headers=headers)
         return self.execute(plan)
 
     def execute(self, plan: Plan) -> Receipt:
@@ -92,7 +95,8 @@ class Producer:
 
     def submit_many(self, task_name: str, payloads: Sequence[Any], *,
                     priority: Priority | str | None = None,
-                    deadline: float | None = None) -> list[Receipt | Rejected]:
+                    deadline: float | None = None,
+                    tenant: str | None = None) -> list[Receipt | Rejected]:
         """Submit a batch in one pipeline; a Receipt or a Rejected per item, in order.
 
         Every payload is validated first: one invalid payload raises InvalidPayload (naming
@@ -101,7 +105,8 @@ class Producer:
         plans: list[Plan | Rejected] = []
         for index, payload in enumerate(payloads):
             try:
-                plans.append(self.plan(task_name, payload, priority, None, deadline, None))
+                plans.append(self.plan(task_name, payload, priority, deadline=deadline,
+                                       tenant=tenant))
             except Rejected as rej:
                 plans.append(rej)
             except InvalidPayload as exc:
@@ -117,20 +122,23 @@ class Producer:
     async def submit_async(self, task_name: str, payload: Any, *,
                            priority: Priority | str | None = None,
                            idempotency_key: str | None = None, countdown: float | None = None,
-                           deadline: float | None = None) -> Receipt:
+                           deadline: float | None = None, tenant: str | None = None,
+                           headers: Mapping[str, Any] | None = None) -> Receipt:
         """`submit` for asyncio: the delay is awaited, the I/O runs in a worker thread.
         Cancelled during the delay, it has sent and claimed nothing."""
-        plan = self.plan(task_name, payload, priority, idempotency_key, deadline, countdown)
+        plan = self.plan(task_name, payload, priority, key=idempotency_key, deadline=deadline,
+                         countdown=countdown, tenant=tenant, headers=headers)
         if plan.decision.delay_ms:
             await asyncio.sleep(plan.decision.delay_ms / 1000)
         return await asyncio.to_thread(self._send, plan)
 
     # -- planning (in memory) ----------------------------------------------------------
 
-    def plan(self, task_name: str, payload: Any, priority: Priority | str | None,
+    def plan(self, task_name: str, payload: Any, priority: Priority | str | None, *,
              key: str | None = None, deadline: float | None = None,
-             countdown: float | None = None, origin: str | None = None, *,
-             effect_key: str | None = None, generation: int = 0) -> Plan:
+             countdown: float | None = None, origin: str | None = None,
+             effect_key: str | None = None, generation: int = 0, tenant: str | None = None,
+             headers: Mapping[str, Any] | None = None) -> Plan:
         """Validate and pass the gate without any I/O; raises Rejected when shed."""
         task = task_for(self.app, task_name)
         prio = Priority.parse(priority) if priority is not None else task.sluice_priority
@@ -152,6 +160,7 @@ class Producer:
         return Plan(task_name=task_name, payload=payload, priority=prio, level=snap.level,
                     decision=decision, key=key, expires=expires, countdown=countdown,
                     origin=origin, effect_key=effect_key, generation=generation,
+                    tenant=tenant_of(task, payload, tenant), extra=dict(headers or {}),
                     printable=repr([mask_secrets(task.payload_model, payload)]))
 
     def _deadline(self, deadline: float | None, task: Any, priority: Priority) -> float | None:

@@ -13,11 +13,19 @@ from kombu.utils.uuid import uuid
 
 from producers.pressure import Decision
 from sluice.errors import InvalidOption, UnknownTask
-from sluice.message import H_GENERATION, H_KEY, H_ORIGIN, H_PRIORITY, H_SUBMITTED
+from sluice.message import (
+    DEFAULT_TENANT,
+    H_GENERATION,
+    H_KEY,
+    H_ORIGIN,
+    H_PRIORITY,
+    H_SUBMITTED,
+    H_TENANT,
+)
 from sluice.priorities import PressureLevel, Priority
 from sluice.settings import Settings
 
-__all__ = ["Receipt", "Plan", "task_for", "check_countdown"]
+__all__ = ["Receipt", "Plan", "task_for", "check_countdown", "tenant_of"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -51,11 +59,13 @@ class Plan:
     effect_key: str | None = None  #: what effects are keyed by (default: `key`)
     generation: int = 0            #: n for the n-th replay
     printable: str | None = None   #: argsrepr with secrets masked
+    tenant: str = DEFAULT_TENANT
+    extra: dict[str, Any] = field(default_factory=dict)  #: the caller's own headers
 
     def headers(self) -> dict[str, Any]:
-        return {H_KEY: self.effect_key or self.key, H_SUBMITTED: time.time(),
-                H_PRIORITY: self.priority.name, H_ORIGIN: self.origin,
-                H_GENERATION: self.generation}
+        return self.extra | {H_KEY: self.effect_key or self.key, H_SUBMITTED: time.time(),
+                             H_PRIORITY: self.priority.name, H_ORIGIN: self.origin,
+                             H_GENERATION: self.generation, H_TENANT: self.tenant}
 
     def receipt(self, **changes: Any) -> Receipt:
         values: dict[str, Any] = dict(
@@ -90,3 +100,18 @@ def check_countdown(countdown: float | None, task: Any, settings: Settings) -> N
             f"below {max(limit, 0)}s (SLUICE_VISIBILITY_TIMEOUT {settings.visibility_timeout}s "
             f"minus the task's time limit), or Redis redelivers the job while it waits. "
             "Schedule longer delays with a beat schedule instead.")
+
+
+def tenant_of(task: Any, payload: Any, tenant: str | None) -> str:
+    """Whose job this is: the caller's `tenant`, else the payload field the task declares
+    as its tenant key (`sluice_task(tenant_field=...)`), else `default`."""
+    if tenant is None:
+        fieldname = getattr(task, "tenant_field", None)
+        value = payload.get(fieldname) if fieldname and isinstance(payload, dict) else None
+        tenant = None if value is None else str(value)
+    if tenant is None:
+        return DEFAULT_TENANT
+    if not isinstance(tenant, str) or not tenant or len(tenant) > 200:
+        raise InvalidOption(f"tenant {tenant!r} for {task.name!r} must be a non-empty string "
+                            "of at most 200 characters")
+    return tenant

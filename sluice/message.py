@@ -13,7 +13,8 @@ from pydantic import BaseModel, SecretBytes, SecretStr, ValidationError
 
 from sluice.errors import InvalidPayload
 
-__all__ = ["H_KEY", "H_SUBMITTED", "H_PRIORITY", "H_ORIGIN", "H_GENERATION", "SECRET",
+__all__ = ["H_KEY", "H_SUBMITTED", "H_PRIORITY", "H_ORIGIN", "H_GENERATION", "H_TENANT",
+           "DEFAULT_TENANT", "SECRET",
            "MASK", "waited", "validate_payload", "mask_secrets", "secret_fields"]
 
 #: what the job's effects are keyed by (the idempotency key, or a replayed job's original key)
@@ -26,6 +27,9 @@ H_PRIORITY = "sluice_priority"
 H_ORIGIN = "sluice_origin"
 #: 0 for the original job, n for its n-th replay
 H_GENERATION = "sluice_generation"
+#: whose job it is (fair shares under pressure, per-tenant kill switches and figures)
+H_TENANT = "sluice_tenant"
+DEFAULT_TENANT = "default"
 
 #: Mark a payload field secret with `Field(json_schema_extra=SECRET)` (or type it SecretStr).
 SECRET = {"secret": True}

@@ -13,6 +13,7 @@ import pytest
 
 from delivery.outbox import outbox_size
 from producers import (
+    InvalidOption,
     InvalidPayload,
     Priority,
     Rejected,
@@ -57,6 +58,19 @@ def test_submit_sends_an_ordinary_celery_message_to_the_priority_queue(sluice_en
     assert message["headers"]["id"] == receipt.task_id
     assert message["content-type"] == "application/json"
     assert message["properties"]["priority"] == 0
+
+
+def test_tenant_and_extra_headers_travel_on_the_message_and_cannot_forge_sluice_headers(
+        sluice_env: Env) -> None:
+    submit("email.send", EMAIL, tenant="acme",
+           headers={"trace_id": "t-1", "sluice_priority": "CRITICAL"})
+    submit("email.send", EMAIL)
+    second, first = (json.loads(m)["headers"] for m in sluice_env.client.lrange("high", 0, -1))
+    assert first["sluice_tenant"] == "acme" and first["trace_id"] == "t-1"
+    assert first["sluice_priority"] == "HIGH"  # the caller's header never overrides Sluice's
+    assert second["sluice_tenant"] == "default"
+    with pytest.raises(InvalidOption, match="tenant"):
+        submit("email.send", EMAIL, tenant="")
 
 
 def test_explicit_priority_overrides_the_default(sluice_env: Env) -> None:

@@ -68,6 +68,7 @@ class SluiceTask(Task):
     sluice_priority: Priority = Priority.NORMAL
     payload_model: type[BaseModel] | None = None
     max_wait: float | None = None  #: seconds a job may wait before it starts (None: default)
+    tenant_field: str | None = None  #: the payload field naming the job's tenant, if any
     Request = "workers.base:SluiceRequest"
 
     def apply_async(self, args: Any = None, kwargs: Any = None, **options: Any) -> Any:
@@ -163,11 +164,13 @@ def _int(value: Any) -> int:
 def sluice_task(name: str, priority: Priority, payload: type[BaseModel], *,
                 max_retries: int | None = None, backoff_s: int | None = None,
                 time_limit: int | None = None, soft_time_limit: int | None = None,
-                max_wait: float | None = None) -> Callable[[F], Any]:
+                max_wait: float | None = None,
+                tenant_field: str | None = None) -> Callable[[F], Any]:
     """Register `fn(payload)` as Sluice task `name` with its default priority and payload
     model. Transient errors retry with exponential backoff and full jitter; `PermanentError`
     and invalid payloads do not retry. `max_wait`: seconds a job may wait before it starts
-    (default: its priority's `SLUICE_MAX_WAIT_*`). A time limit that, with the backoff cap,
+    (default: its priority's `SLUICE_MAX_WAIT_*`). `tenant_field`: the payload field whose
+    value is the job's tenant when the caller names none. A time limit that, with the backoff cap,
     reaches the visibility timeout is refused here, naming the task: such a job would be
     handed out twice while it waits for its retry."""
     settings = get_settings()
@@ -177,11 +180,14 @@ def sluice_task(name: str, priority: Priority, payload: type[BaseModel], *,
     hard = time_limit or settings.task_time_limit
     soft = soft_time_limit or min(settings.task_soft_time_limit, hard)
     _check_limits(name, hard, soft, policy.cap_s, settings.visibility_timeout)
+    if tenant_field is not None and tenant_field not in payload.model_fields:
+        raise ConfigError(f"task {name!r}: tenant_field {tenant_field!r} is not a field of "
+                          f"{payload.__name__} ({', '.join(payload.model_fields)})")
 
     def register(fn: F) -> Any:
         return app.task(
             name=name, base=SluiceTask, sluice_priority=priority, payload_model=payload,
-            max_wait=max_wait,
+            max_wait=max_wait, tenant_field=tenant_field,
             shared=False,  # registered on the Sluice app only, never on other Celery apps
             autoretry_for=(Exception,),
             dont_autoretry_for=(PermanentError,), max_retries=policy.max_retries,
