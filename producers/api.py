@@ -10,6 +10,7 @@ caller gets an answer, so a receipt or a rejection is always the truth.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import math
 import threading
@@ -150,13 +151,17 @@ class Producer:
         if blocked is not None:
             self.monitor.count(submission_field(prio.name, SubmitOutcome.KILLED))
             raise Rejected(KILL_SWITCH, snap.level, prio, 30.0, task_name)
-        wait = 0.0 if countdown else snap.wait_for(prio)  # a countdown job is not due yet
+        # a countdown job is not due yet; the others wait behind what is queued, including
+        # what this process sent since the last tick
+        wait = 0.0 if countdown else snap.wait_for(prio, self.monitor.admitted())
         decision = admit(snap.level, prio, wait, deadline)
         if not decision.allowed:
             self.monitor.count(submission_field(prio.name, SubmitOutcome.SHED))
             raise Rejected(decision.reason or "", snap.level, prio, decision.retry_after_s,
                            task_name)
-        expires = None if deadline is None else deadline + (countdown or 0.0)
+        # absolute, from now: the gate's delay and the send do not push the deadline back
+        expires = None if deadline is None else (
+            dt.datetime.now(dt.UTC) + dt.timedelta(seconds=deadline + (countdown or 0.0)))
         return Plan(task_name=task_name, payload=payload, priority=prio, level=snap.level,
                     decision=decision, key=key, expires=expires, countdown=countdown,
                     origin=origin, effect_key=effect_key, generation=generation,
@@ -214,6 +219,7 @@ class Producer:
             return plan.receipt(task_id=sent.first_task_id or "", delayed_ms=0, duplicate=True)
         outcome = SubmitOutcome.DELAYED if plan.decision.delay_ms else SubmitOutcome.ACCEPTED
         self.monitor.count(submission_field(plan.priority.name, outcome))
+        self.monitor.admit(plan.priority.queue)
         return plan.receipt()
 
     def _undecided(self, plan: Plan, exc: redis.RedisError) -> Receipt:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from producers.pressure import Decision, decide
 from sluice.priorities import PressureLevel, Priority
 
-__all__ = ["Drain", "drain_after", "predicted_wait", "admit", "DEADLINE"]
+__all__ = ["Drain", "drain_after", "smooth", "predicted_wait", "admit", "DEADLINE"]
 
 DEADLINE = "DEADLINE"
 
@@ -40,26 +40,39 @@ def drain_after(previous: Drain, started: int, waiting: int, now: float,
     stop: a rate of 0 is measured, never assumed)."""
     if previous.at is None or now <= previous.at:
         return Drain(rate=previous.rate, at=now)
-    elapsed = now - previous.at
     if waiting == 0:  # starts with an empty queue measure arrivals, not capacity
         return Drain(rate=previous.rate, at=now)
-    sample = started / elapsed
-    if previous.rate is None:  # no start seen yet: no evidence of capacity, or of its lack
-        return Drain(rate=sample if started else None, at=now)
-    keep = 0.5 ** (elapsed / half_life_s)
-    return Drain(rate=keep * previous.rate + (1 - keep) * sample, at=now)
+    if previous.rate is None and not started:  # no evidence of capacity, or of its lack
+        return Drain(rate=None, at=now)
+    return Drain(rate=smooth(previous.rate, started, now - previous.at, half_life_s), at=now)
 
 
-def predicted_wait(depths: Mapping[str, int], priority: Priority, rate: float | None) -> float:
+def smooth(previous: float | None, count: int, elapsed_s: float,
+           half_life_s: float = 2.0) -> float:
+    """An exponentially weighted rate: `count` events in `elapsed_s`, blended with the
+    previous rate so that it halves its weight every `half_life_s`."""
+    sample = count / elapsed_s
+    if previous is None:
+        return sample
+    keep: float = 0.5 ** (elapsed_s / half_life_s)
+    return keep * previous + (1 - keep) * sample
+
+
+def predicted_wait(depths: Mapping[str, int], priority: Priority, rate: float | None,
+                   arrivals: Mapping[str, float] | None = None) -> float:
     """Seconds until a job of `priority` submitted now starts: the jobs queued at its
-    priority and above (strict order: they all start first), divided by the drain rate.
-    Unknown rate: 0 (no evidence to refuse on); no drain with work ahead: infinite."""
+    priority and above (strict order: they all start first), divided by what the drain
+    rate leaves once the jobs still arriving at higher priorities (`arrivals`, jobs/s per
+    priority name) have taken their share: those overtake it too. Unknown rate: 0 (no
+    evidence to refuse on); nothing left for it with work ahead: infinite."""
     ahead = sum(depths.get(p.queue, 0) for p in Priority if p <= priority)
     if ahead == 0 or rate is None:
         return 0.0
-    if rate <= 0:
+    overtaking = sum((arrivals or {}).get(p.name, 0.0) for p in Priority if p < priority)
+    left = rate - overtaking
+    if left <= 0:
         return math.inf
-    return ahead / rate
+    return ahead / left
 
 
 def admit(level: PressureLevel, priority: Priority, wait_s: float,

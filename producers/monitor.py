@@ -10,24 +10,29 @@ from __future__ import annotations
 import collections
 import json
 import logging
+import math
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import redis
 
-from producers.deadline import Drain, drain_after, predicted_wait
+from producers.deadline import Drain, drain_after, predicted_wait, smooth
 from producers.pressure import LevelState, Thresholds, level_for
 from sluice import keys
-from sluice.connections import hash_fields
+from sluice.connections import hash_fields, texts
+from sluice.keys import SubmitOutcome
 from sluice.message import waited
 from sluice.priorities import QUEUES, PressureLevel, Priority
 
 __all__ = ["PressureEvent", "Snapshot", "PressureMonitor"]
 
 log = logging.getLogger("sluice.pressure")
+
+#: seconds after an outage during which the drain rate is not lowered (workers reconnect)
+RECONNECT_GRACE_S = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,10 +64,15 @@ class Snapshot:
     at: float = 0.0
     drain: Drain = field(default_factory=Drain)
     oldest: dict[str, float] = field(default_factory=dict)
+    #: jobs/s admitted per priority name, by every producer (smoothed like the drain)
+    arrivals: dict[str, float] = field(default_factory=dict)
 
-    def wait_for(self, priority: Priority) -> float:
-        """The predicted wait before a job of `priority` submitted now starts."""
-        return predicted_wait(self.depths, priority, self.drain.rate)
+    def wait_for(self, priority: Priority, admitted: Mapping[str, int] | None = None) -> float:
+        """The predicted wait before a job of `priority` submitted now starts; `admitted`:
+        jobs this process sent since the tick, per queue (the tick has not seen them)."""
+        depths = self.depths if not admitted else {
+            q: self.depths.get(q, 0) + admitted.get(q, 0) for q in QUEUES}
+        return predicted_wait(depths, priority, self.drain.rate, self.arrivals)
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +83,7 @@ class Sample:
     switches: dict[str, str]
     started: int
     oldest: dict[str, float]
+    sent: dict[str, int]  #: every producer's jobs sent so far, per priority name
 
 
 PressureHook = Callable[[PressureEvent], None]
@@ -97,6 +108,9 @@ class PressureMonitor:
         self._pid = os.getpid()
         self._tick_lock = threading.Lock()
         self._started: int | None = None  # the shared job-start counter at the last tick
+        self._reconnected_at = -math.inf  # when Redis answered again after an outage
+        self._sent: tuple[dict[str, int], float | None] = ({}, None)  # and the sent counters
+        self._admitted: collections.Counter[str] = collections.Counter()
 
     @property
     def level(self) -> PressureLevel:
@@ -148,14 +162,57 @@ class PressureMonitor:
             self._restore(counts)
             if self.snapshot.level is not PressureLevel.UNKNOWN:
                 log.error("Redis unreachable (%s): pressure level UNKNOWN", type(exc).__name__)
-            return self._set(Snapshot(PressureLevel.UNKNOWN, at=now, drain=self.snapshot.drain))
+            return self._outage(now)
         depth = sum(sample.depths.values())
         self._state = level_for(depth, self.thresholds, self._state, now)
-        started = sample.started - self._started if self._started is not None else 0
-        self._started = sample.started
-        drain = drain_after(self.snapshot.drain, max(0, started), depth, now)
+        if self.snapshot.level is PressureLevel.UNKNOWN and self.snapshot.at:
+            self._reconnected_at = now  # workers are reconnecting too: no evidence for a while
+        drain, arrivals = self._drain(sample, depth, now), self._arrivals(sample.sent, now)
+        with self._lock:
+            self._admitted.clear()  # this sample counts them (or they are in flight: ms)
         return self._set(Snapshot(self._state.level, depth, sample.depths, sample.switches, now,
-                                  drain, sample.oldest))
+                                  drain, sample.oldest, arrivals))
+
+    def _outage(self, now: float) -> Snapshot:
+        """Redis is unreachable: level UNKNOWN, the last drain and arrivals kept as they were
+        (an outage measures nothing), and the counters re-read from scratch afterwards (a
+        restarted Redis may have lost them)."""
+        self._started, self._sent = None, ({}, None)
+        last = self.snapshot
+        return self._set(Snapshot(PressureLevel.UNKNOWN, at=now, drain=last.drain,
+                                  arrivals=last.arrivals))
+
+    def _drain(self, sample: Sample, depth: int, now: float) -> Drain:
+        """The drain rate after this sample. The first sample after an outage only sets the
+        baseline; for `RECONNECT_GRACE_S` after it the rate may rise but not fall, because
+        jobs that do not start while workers reconnect say nothing about capacity."""
+        before, self._started = self._started, sample.started
+        last = self.snapshot.drain
+        if before is None or sample.started < before:  # no baseline, or Redis lost it
+            return Drain(rate=last.rate, at=now)
+        drain = drain_after(last, sample.started - before, depth, now)
+        if now - self._reconnected_at < RECONNECT_GRACE_S and last.rate is not None:
+            return Drain(rate=max(last.rate, drain.rate or 0.0), at=now)
+        return drain
+
+    def _arrivals(self, sent: dict[str, int], now: float) -> dict[str, float]:
+        """Per priority, the smoothed rate at which jobs are being sent (all producers)."""
+        before, at = self._sent
+        self._sent = (sent, now)
+        if at is None or now <= at:
+            return self.snapshot.arrivals
+        return {p: smooth(self.snapshot.arrivals.get(p), max(0, n - before.get(p, 0)), now - at)
+                for p, n in sent.items()}
+
+    def admit(self, queue: str) -> None:
+        """This process sent a job to `queue`: count it until the next tick sees it."""
+        with self._lock:
+            self._admitted[queue] += 1
+
+    def admitted(self) -> dict[str, int]:
+        """Jobs this process sent since the last tick, per queue."""
+        with self._lock:
+            return dict(self._admitted)
 
     def _sample(self, counts: collections.Counter[str], now: float) -> Sample:
         pipe = self.client.pipeline(transaction=False)
@@ -167,6 +224,7 @@ class PressureMonitor:
         pipe.get(keys.STARTED)
         for name, n in counts.items():
             pipe.hincrby(keys.SUBMISSIONS, name, n)
+        pipe.hgetall(keys.SUBMISSIONS)
         if self.snapshot.level is not PressureLevel.UNKNOWN:  # last tick's view, for the CLI
             pipe.hset(keys.PRESSURE_STATE, mapping=hash_fields(self._state_fields()))
         replies = pipe.execute()
@@ -175,8 +233,9 @@ class PressureMonitor:
             depths=dict(zip(QUEUES, (int(r) for r in replies[:n]), strict=True)),
             oldest={q: waited(raw, now) for q, raw in zip(QUEUES, replies[n:2 * n],
                                                           strict=True)},
-            switches={k.decode(): v.decode() for k, v in replies[2 * n].items()},
-            started=int(replies[2 * n + 1] or 0))
+            switches=texts(replies[2 * n]),
+            started=int(replies[2 * n + 1] or 0),
+            sent=_sent_by_priority(texts(replies[2 * n + 2 + len(counts)])))
 
     def _state_fields(self) -> dict[str, str | float | int]:
         snap = self.snapshot
@@ -246,3 +305,17 @@ class PressureMonitor:
             self._thread.join(timeout=5)
             self._thread = None
         self.tick()
+
+
+#: the submission outcomes that put a job on a queue
+_SENT = {SubmitOutcome.ACCEPTED.value, SubmitOutcome.DELAYED.value}
+
+
+def _sent_by_priority(counters: dict[str, str]) -> dict[str, int]:
+    """Jobs sent so far per priority name, from the shared submission counters."""
+    sent: dict[str, int] = collections.Counter()
+    for field_name, n in counters.items():
+        priority, outcome = keys.parse_submission_field(field_name)
+        if outcome in _SENT:
+            sent[priority] += int(n)
+    return dict(sent)

@@ -3,6 +3,7 @@ through (`Plan`), and the checks made in memory before any I/O."""
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 import time
 from dataclasses import dataclass, field
@@ -52,7 +53,7 @@ class Plan:
     level: PressureLevel
     decision: Decision
     key: str | None = None         #: idempotency key to claim
-    expires: float | None = None
+    expires: dt.datetime | None = None  #: when it is dropped if not started by then
     countdown: float | None = None
     task_id: str = field(default_factory=uuid)
     origin: str | None = None      #: a replay's original task id

@@ -7,6 +7,7 @@ exactly as `apply_async` would, and only the final LPUSH is ours: a stock worker
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 from celery import Celery
@@ -22,7 +23,7 @@ _BASE64 = Base64()
 
 
 def encode(app: Celery, task_id: str, name: str, payload: Any, queue: str,
-           headers: dict[str, Any], expires: float | None = None,
+           headers: dict[str, Any], expires: float | dt.datetime | None = None,
            countdown: float | None = None, argsrepr: str | None = None) -> str:
     """The JSON string kombu's Redis transport would LPUSH onto `queue` for this task.
     `argsrepr` is what Flower and logs show of the arguments (pass it with secrets masked)."""

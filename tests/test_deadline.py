@@ -80,3 +80,20 @@ def test_admission_is_the_depth_table_and_the_deadline(level: L, priority: P, wa
 def test_a_refusal_says_when_the_job_would_fit() -> None:
     d = admit(L.NORMAL, P.LOW, wait_s=400.0, deadline_s=300.0)
     assert d.reason == DEADLINE and d.retry_after_s == 100.0
+
+
+def test_jobs_still_arriving_at_higher_priorities_overtake_and_lengthen_the_wait() -> None:
+    depths = {"high": 10, "normal": 10}
+    assert predicted_wait(depths, P.NORMAL, rate=10.0) == 2.0
+    assert predicted_wait(depths, P.NORMAL, rate=10.0, arrivals={"CRITICAL": 5.0}) == 4.0
+    assert predicted_wait(depths, P.NORMAL, rate=10.0, arrivals={"HIGH": 10.0}) == math.inf
+    assert predicted_wait(depths, P.HIGH, rate=10.0, arrivals={"NORMAL": 9.0}) == 1.0  # lower
+
+
+@given(rate=st.floats(0.1, 1e4), ahead=st.integers(1, 10**5),
+       arriving=st.floats(0, 1e4))
+def test_more_overtaking_traffic_never_shortens_the_wait(rate: float, ahead: int,
+                                                         arriving: float) -> None:
+    depths = {"low": ahead}
+    base = predicted_wait(depths, P.LOW, rate)
+    assert predicted_wait(depths, P.LOW, rate, {"CRITICAL": arriving}) >= base

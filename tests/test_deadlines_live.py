@@ -3,11 +3,19 @@ front a job that would start after its deadline, and follows a change of capacit
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
+
 import pytest
+import redis
 
 from producers import Priority, Rejected, default_producer, submit, submit_many
+from producers.monitor import RECONNECT_GRACE_S, PressureMonitor, Snapshot
+from producers.pressure import Thresholds
+from sluice import keys
+from sluice.priorities import PressureLevel
 from tests.conftest import Env, Processes
-from tests.services import wait_for
+from tests.services import RedisServer, wait_for
 
 SLOW = {"sleep_s": 0.2}  # demo.flaky: 5 jobs/s per worker slot
 
@@ -49,3 +57,40 @@ def test_the_predicted_wait_follows_a_loss_of_capacity(sluice_env: Env,
     b.kill()  # half the capacity is gone
     wait_for(lambda: _rate() < 0.8 * before, timeout=8, what="the drain rate following")
     assert producer.monitor.current().wait_for(Priority.NORMAL) > 0
+
+
+@pytest.fixture
+def restartable_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path / "redis").start()
+    yield server
+    server.stop()
+
+
+def test_a_redis_outage_is_not_taken_for_lost_capacity(restartable_redis: RedisServer) -> None:
+    """Found when a Redis restart under load made the gate refuse NORMAL and LOW with
+    DEADLINE: no job starts while Redis is down and workers reconnect, and the drain rate
+    measured then was ~0. The outage and the reconnection grace are left out of the rate;
+    after the grace, a drain that stays at zero is believed."""
+    client = redis.Redis(port=restartable_redis.port)
+    monitor = PressureMonitor(client, Thresholds(warning=10**6, critical=2 * 10**6,
+                                                 shed=3 * 10**6))
+
+    def tick(at: float, started: int) -> Snapshot:
+        client.set(keys.STARTED, started)
+        client.delete("normal")
+        client.lpush("normal", *[b"x"] * 200)
+        return monitor.tick(at)
+
+    tick(0.0, 0)
+    before = tick(2.0, 40)  # 20 jobs/s
+    assert before.drain.rate == pytest.approx(20.0)
+    restartable_redis.stop()
+    assert monitor.tick(3.0).level is PressureLevel.UNKNOWN
+    restartable_redis.start()  # its counters are gone (no persistence)
+    wait_for(lambda: client.ping(), what="Redis back")
+    tick(9.0, 0)    # the first sample after the outage: a baseline only
+    after = tick(12.0, 0)  # workers still reconnecting: nothing started
+    assert after.drain.rate == pytest.approx(20.0)
+    assert after.wait_for(Priority.NORMAL) == pytest.approx(10.0)  # fits the 60 s deadline
+    late = tick(9.0 + RECONNECT_GRACE_S + 6.0, 0)  # still nothing started after the grace
+    assert late.drain.rate is not None and late.drain.rate < 20.0 / 4
