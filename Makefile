@@ -60,7 +60,11 @@ bench: $(STAMP) system-deps
 # Every process of the Procfile under honcho, from a plain shell: the venv's bin goes first on
 # PATH (the Procfile runs `sluice` and `celery`) and the schema is migrated before anything
 # starts (workers refuse a stale schema). `exec`: make waits for honcho, which stops them all.
+# The first run writes a secret key to .env (honcho reads it; git ignores it): jobs with
+# secret fields are refused without one, and every process must share it.
 up: $(STAMP)
+	@[ -n "$$SLUICE_SECRET_KEY" ] || grep -qs '^SLUICE_SECRET_KEY=' .env || \
+	  echo "SLUICE_SECRET_KEY=$$($(BIN)/sluice secret-key)" >> .env
 	export PATH="$(abspath $(BIN)):$$PATH" && sluice db upgrade && exec honcho start
 
 clean:

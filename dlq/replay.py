@@ -5,6 +5,9 @@ holds only a masked copy), and the same effect key, so that an effect applied be
 failure is not applied again. It gets a new task id and carries the original one
 (`origin`) and its generation, so that a new failure updates the same row.
 
+A dead-lettered workflow step is replayed as that step (the workflow headers go with it),
+so the workflow resumes from there when it succeeds.
+
 A replay claims the row (UPDATE ... WHERE status is replayable, which takes the row lock),
 sends the job, and commits. A second replay of the same row finds it
 already `replayed` and is refused; a failed send rolls the claim back; a replay shed by the
@@ -15,21 +18,25 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import json
 import logging
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, cast
 
+import redis
 from sqlalchemy import CursorResult, update
 
 from dlq.models import DeadLetter, Status
 from dlq.store import DeadLetterStore
+from producers import workflow
 from producers.api import Producer, task_for
 from sluice.errors import ConfigError, Rejected, ReplayRefused, SluiceError
 from sluice.message import MASK, secret_fields
 from sluice.priorities import Priority
-from sluice.sealed import unseal
+from sluice.sealed import unseal, unseal_secrets
 
 __all__ = ["ReplayResult", "ReplayOutcome", "replay_one", "replay_many", "original_payload", "REPLAYABLE"]
 
@@ -65,10 +72,12 @@ def replay_one(store: DeadLetterStore, producer: Producer, dead_letter_id: int,
         raise ReplayRefused(f"dead letter {row.id} is {row.status}: only pending or exhausted "
                             "rows can be replayed")
     payload = original_payload(producer, row)
+    step = _workflow_step(row)
     try:
         plan = producer.plan(row.task_name, payload, Priority.parse(row.priority),
                              origin=row.task_id, effect_key=row.effect_key or row.task_id,
-                             generation=row.replay_count + 1)
+                             generation=row.replay_count + 1,
+                             headers=workflow.workflow_headers(step) if step else None)
     except Rejected as rej:
         _note_rejection(store, row, rej, next_retry_at)
         return ReplayOutcome(id=row.id, outcome=ReplayResult.REJECTED, reason=rej.reason)
@@ -83,18 +92,47 @@ def replay_one(store: DeadLetterStore, producer: Producer, dead_letter_id: int,
             raise ReplayRefused(f"dead letter {row.id} was replayed concurrently")
         producer.execute(plan)  # raises -> the claim rolls back
     log.info("dead letter %s (%s) replayed as %s", row.id, row.task_name, plan.task_id)
+    if step is not None:
+        _note_step_replayed(producer, step, plan.task_id, plan.priority.queue, row.id)
     return ReplayOutcome(id=row.id, outcome=ReplayResult.REPLAYED, task_id=plan.task_id)
+
+
+def _workflow_step(row: DeadLetter) -> workflow.StepRef | None:
+    """The workflow step a row is, to be replayed as (not the internal task that submits a
+    step later: replayed, it submits the step, which carries the headers itself)."""
+    if row.task_name == workflow.ADVANCE_TASK or not isinstance(row.workflow, dict):
+        return None
+    try:
+        return workflow.StepRef(str(row.workflow["id"]), int(row.workflow["step"]))
+    except (KeyError, TypeError, ValueError):
+        log.warning("dead letter %s: unreadable workflow %r, replayed as a lone job", row.id,
+                    row.workflow)
+        return None
+
+
+def _note_step_replayed(producer: Producer, step: workflow.StepRef, task_id: str, queue: str,
+                        dead_letter_id: int) -> None:
+    """Best effort: `sluice workflow show` then says the step is queued again (the replay is
+    sent either way, and its success resumes the workflow)."""
+    try:
+        workflow.note_replayed(producer.client, step, task_id, queue, dead_letter_id,
+                               time.time())
+    except redis.RedisError as exc:
+        log.warning("workflow %s step %d: replay not noted (%s)", step.workflow, step.step,
+                    type(exc).__name__)
 
 
 def original_payload(producer: Producer, row: DeadLetter) -> Any:
     """The payload the job was submitted with. ReplayRefused when the row holds secrets only
     masked (`***`) and no sealed copy: sending `***` as a password is not a replay."""
+    model = task_for(producer.app, row.task_name).payload_model
     if row.sealed:
-        try:
+        try:  # the payload as it travelled (secrets sealed), or an older whole-payload token
+            if row.sealed.startswith(("{", "[")):
+                return unseal_secrets(model, json.loads(row.sealed))
             return unseal(row.sealed)
         except ConfigError as exc:
             raise ReplayRefused(f"dead letter {row.id}: {exc}") from None
-    model = task_for(producer.app, row.task_name).payload_model
     payload = row.payload if isinstance(row.payload, dict) else {}
     masked = sorted(f for f in secret_fields(model) & payload.keys() if payload[f] == MASK)
     if masked:

@@ -83,9 +83,34 @@ def _workers() -> str:
     return "; ".join(parts) or "no worker has run yet"
 
 
+def _secrets() -> str:
+    """A key is set, and which dead letters still need an old one (rotation is done when
+    none do: then the old key can be dropped)."""
+    from sqlalchemy import select
+
+    from dlq.models import DeadLetter
+    from dlq.store import DeadLetterStore
+    from sluice.sealed import can_seal, stale_seal
+
+    if not can_seal():
+        raise RuntimeError("SLUICE_SECRET_KEY is not set: jobs with secret fields are refused "
+                           "(make a key with `sluice secret-key`)")
+    with DeadLetterStore().session() as session:
+        rows = session.execute(select(DeadLetter.id, DeadLetter.sealed)
+                               .where(DeadLetter.sealed.is_not(None))).all()
+    old = [row.id for row in rows if stale_seal(row.sealed)]
+    if old:
+        raise RuntimeError(f"{len(old)} dead letter(s) sealed under an old key (ids "
+                           f"{', '.join(map(str, old[:10]))}{'...' if len(old) > 10 else ''})"
+                           ": keep that key in SLUICE_SECRET_KEY until they are replayed or "
+                           "purged")
+    return f"key set; {len(rows)} sealed dead letter(s), none under an old key"
+
+
 CHECKS: dict[str, Callable[[], str]] = {
     "config": _config, "redis": _redis, "database": _database, "migrations": _migrations,
     "outbox": _outbox, "spool": _spool, "stuck jobs": _stuck, "workers": _workers,
+    "secrets": _secrets,
 }
 
 

@@ -30,14 +30,17 @@ from producers.monitor import PressureEvent, PressureMonitor
 from producers.plan import Plan, Receipt, check_countdown, task_for, tenant_of
 from producers.pressure import BROKER_UNAVAILABLE, KILL_SWITCH, Thresholds
 from producers.wire import encode
-from sluice.errors import InvalidOption, InvalidPayload, OutcomeUnknown, Rejected
-from sluice.keys import SubmitOutcome, submission_field
-from sluice.message import (
-    SECRET,
-    mask_secrets,
-    validate_payload,
+from sluice.errors import (
+    InvalidOption,
+    InvalidPayload,
+    OutcomeUnknown,
+    Rejected,
+    SecretKeyMissing,
 )
+from sluice.keys import SubmitOutcome, submission_field
+from sluice.message import SECRET, has_secrets, mask_secrets, validate_payload
 from sluice.priorities import PressureLevel, Priority
+from sluice.sealed import can_seal, seal_secrets
 from sluice.settings import Settings
 
 __all__ = ["Receipt", "Plan", "Producer", "task_for", "validate_payload", "mask_secrets",
@@ -144,6 +147,8 @@ class Producer:
         task = task_for(self.app, task_name)
         prio = Priority.parse(priority) if priority is not None else task.sluice_priority
         validate_payload(task_name, task.payload_model, payload)
+        if has_secrets(task.payload_model) and not can_seal():
+            raise SecretKeyMissing(task_name)
         check_countdown(countdown, task, self.settings)
         deadline = self._deadline(deadline, task, prio)
         snap = self.monitor.current()
@@ -162,7 +167,8 @@ class Producer:
         # absolute, from now: the gate's delay and the send do not push the deadline back
         expires = None if deadline is None else (
             dt.datetime.now(dt.UTC) + dt.timedelta(seconds=deadline + (countdown or 0.0)))
-        return Plan(task_name=task_name, payload=payload, priority=prio, level=snap.level,
+        sealed = seal_secrets(task_name, task.payload_model, payload)  # after the gate: cheap
+        return Plan(task_name=task_name, payload=sealed, priority=prio, level=snap.level,
                     decision=decision, key=key, expires=expires, countdown=countdown,
                     origin=origin, effect_key=effect_key, generation=generation,
                     tenant=tenant_of(task, payload, tenant), extra=dict(headers or {}),

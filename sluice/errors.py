@@ -13,6 +13,7 @@ __all__ = [
     "UsageError",
     "Unavailable",
     "ConfigError",
+    "SecretKeyMissing",
     "UnknownTask",
     "UnknownPriority",
     "InvalidPayload",
@@ -25,6 +26,9 @@ __all__ = [
     "PermanentError",
     "InvalidOption",
     "OutcomeUnknown",
+    "InvalidWorkflow",
+    "InvalidSchedules",
+    "StepShed",
 ]
 
 
@@ -46,6 +50,16 @@ class Unavailable(SluiceError):
 
 class ConfigError(UsageError):
     """The configuration is inconsistent."""
+
+
+class SecretKeyMissing(ConfigError):
+    """A task with secret fields was submitted, or a sealed value opened, without a key."""
+
+    def __init__(self, task_name: str = "") -> None:
+        what = f"task {task_name!r} has secret fields" if task_name else "secrets are sealed"
+        super().__init__(f"{what}: set SLUICE_SECRET_KEY (make one with `sluice secret-key`) "
+                         "so they travel encrypted; nothing was sent")
+        self.task_name = task_name
 
 
 class UnknownTask(UsageError):
@@ -148,3 +162,32 @@ class OutcomeUnknown(Unavailable):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.task_id, self.task_name, self.detail))
+
+
+class InvalidWorkflow(UsageError):
+    """The workflow is invalid (an unknown task, a bad payload or merge); nothing was
+    submitted. `problems` names each one by step."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("invalid workflow: " + "; ".join(problems))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.problems,))
+
+
+class InvalidSchedules(ConfigError):
+    """The application schedules file (SLUICE_SCHEDULES_FILE) is invalid: beat does not
+    start. `problems` names each schedule and what is wrong with it."""
+
+    def __init__(self, path: str, problems: list[str]) -> None:
+        self.path = path
+        self.problems = problems
+        super().__init__(f"invalid schedules file {path}: " + "; ".join(problems))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.path, self.problems))
+
+
+class StepShed(SluiceError):
+    """The gate shed a workflow step that was due: it waits and is tried again later."""

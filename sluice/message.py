@@ -7,6 +7,7 @@ import functools
 import json
 import math
 import typing
+from collections.abc import Callable
 from typing import Any
 
 from pydantic import BaseModel, SecretBytes, SecretStr, ValidationError
@@ -14,8 +15,9 @@ from pydantic import BaseModel, SecretBytes, SecretStr, ValidationError
 from sluice.errors import InvalidPayload
 
 __all__ = ["H_KEY", "H_SUBMITTED", "H_PRIORITY", "H_ORIGIN", "H_GENERATION", "H_TENANT",
-           "DEFAULT_TENANT", "SECRET",
-           "MASK", "waited", "validate_payload", "mask_secrets", "secret_fields"]
+           "DEFAULT_TENANT", "H_WORKFLOW", "H_WORKFLOW_STEP", "SECRET",
+           "MASK", "waited", "validate_payload", "mask_secrets", "map_secrets", "has_secrets",
+           "secret_fields"]
 
 #: what the job's effects are keyed by (the idempotency key, or a replayed job's original key)
 H_KEY = "sluice_key"
@@ -30,6 +32,10 @@ H_GENERATION = "sluice_generation"
 #: whose job it is (fair shares under pressure, per-tenant kill switches and figures)
 H_TENANT = "sluice_tenant"
 DEFAULT_TENANT = "default"
+#: on a workflow step: the workflow's id and the step's index (0-based), so the worker that
+#: runs it submits the next step, and a dead letter of it resumes the workflow when replayed
+H_WORKFLOW = "sluice_workflow"
+H_WORKFLOW_STEP = "sluice_workflow_step"
 
 #: Mark a payload field secret with `Field(json_schema_extra=SECRET)` (or type it SecretStr).
 SECRET = {"secret": True}
@@ -64,6 +70,16 @@ def mask_secrets(model: type[BaseModel], payload: Any) -> Any:
     """A copy of `payload` with every value the model marks secret replaced by `***`, at any
     depth (nested models, lists and dicts of them, optionals), matched by field name, alias
     or validation alias: for dead-letter rows, logs and the message's printable `argsrepr`."""
+    return map_secrets(model, payload, _mask)
+
+
+def _mask(value: Any) -> Any:
+    return MASK if value is not None else None
+
+
+def map_secrets(model: type[BaseModel], payload: Any, change: Callable[[Any], Any]) -> Any:
+    """A copy of `payload` with `change(value)` in place of every value the model marks
+    secret, at any depth: the one walk behind masking, sealing and unsealing."""
     if not isinstance(payload, dict):
         return payload
     fields = _fields_by_key(model)
@@ -73,22 +89,35 @@ def mask_secrets(model: type[BaseModel], payload: Any) -> Any:
         if kind is None:
             out[key] = value
         elif kind is _SECRET:
-            out[key] = MASK if value is not None else None
+            out[key] = change(value)
         else:
-            out[key] = _mask_nested(kind, value)
+            out[key] = _map_nested(kind, value, change)
     return out
 
 
-def _mask_nested(model: type[BaseModel], value: Any) -> Any:
+def _map_nested(model: type[BaseModel], value: Any, change: Callable[[Any], Any]) -> Any:
     if isinstance(value, dict):
-        masked = mask_secrets(model, value)
-        # a dict[str, Model] field: mask each value when the keys are not the model's fields
-        if masked == value and value and not set(value) & set(_fields_by_key(model)):
-            return {k: _mask_nested(model, v) for k, v in value.items()}
-        return masked
+        # a dict[str, Model] field: walk each value when the keys are not the model's fields
+        if value and not set(value) & set(_fields_by_key(model)):
+            return {k: _map_nested(model, v, change) for k, v in value.items()}
+        return map_secrets(model, value, change)
     if isinstance(value, list | tuple):
-        return [_mask_nested(model, v) for v in value]
+        return [_map_nested(model, v, change) for v in value]
     return value
+
+
+def has_secrets(model: type[BaseModel]) -> bool:
+    """Whether any field of `model`, at any depth, is secret (self-references included)."""
+    seen, todo = set(), [model]
+    while todo:
+        current = todo.pop()
+        seen.add(current)
+        for kind in _fields_by_key(current).values():
+            if kind is _SECRET:
+                return True
+            if kind not in seen:
+                todo.append(kind)
+    return False
 
 
 _SECRET = object()

@@ -37,7 +37,8 @@ class Settings(BaseSettings):
     # Connections (secrets: never logged; `safe_dict()` masks them).
     redis_url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
     database_url: SecretStr = SecretStr("sqlite:///sluice.db")
-    #: Fernet key that seals the secret fields of dead-lettered payloads (see sluice.sealed).
+    #: Fernet key(s) that seal the secret fields of every job (see sluice.sealed): one key,
+    #: or `NEW,OLD,...` while rotating (the first seals, every one opens).
     secret_key: SecretStr | None = None
     redis_socket_timeout: float = Field(2.0, gt=0)
 
@@ -92,6 +93,20 @@ class Settings(BaseSettings):
     # Observability.
     record_waits: bool = False  # keep submit->start waits in Redis (demo, benchmarks)
     metrics_port: int = Field(9808, gt=0, lt=65536)
+
+    # HTTP server and console (`sluice server`, ops.server). The tokens are secrets: never
+    # logged. A JSON object {"<token>": {"role": "submit" | "operator", "tenant": "<optional>",
+    # "name": "<optional, shown in the audit log>"}}, inline or in a file (mounted secrets).
+    api_tokens: SecretStr | None = None
+    api_tokens_file: Path | None = None
+    server_host: str = "127.0.0.1"
+    server_port: int = Field(8808, gt=0, lt=65536)
+    server_max_body: int = Field(1_048_576, gt=0)  # bytes; a larger request gets 413
+    server_flower_url: str | None = None  # the console links a dead letter to its Flower page
+
+    # Application schedules: a TOML file of `[schedules.<name>]` tables that beat fires
+    # through the gate (schedules.definitions); validated when beat starts.
+    schedules_file: Path | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:

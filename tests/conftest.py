@@ -11,11 +11,16 @@ from pathlib import Path
 
 import pytest
 import redis
+from cryptography.fernet import Fernet
 
 from ops.state import reset_process_state
 from tests.services import CeleryProcess, PostgresServer, RedisServer, wait_for
 
 QUEUES = "critical,high,normal,low"
+
+
+#: seals secret fields in the tests (a task with secret fields refuses to be sent without one)
+TEST_SECRET_KEY = Fernet.generate_key().decode()
 
 
 def reset_all() -> None:
@@ -88,6 +93,7 @@ def _make_env(redis_server: RedisServer, database_url: str, tmp_path: Path,
         # not about deadlines (those set their own)
         "SLUICE_MAX_WAIT_HIGH": "600", "SLUICE_MAX_WAIT_NORMAL": "600",
         "SLUICE_MAX_WAIT_LOW": "600",
+        "SLUICE_SECRET_KEY": TEST_SECRET_KEY,
         **{f"SLUICE_{k.upper()}": str(v) for k, v in settings.items()},
     }
     for key in [k for k in os.environ if k.startswith("SLUICE_")]:

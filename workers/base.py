@@ -7,6 +7,7 @@ hand-off of the final failure to the dead-letter store.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -26,7 +27,7 @@ from sluice.errors import ConfigError, PermanentError
 from sluice.message import H_GENERATION, H_KEY, H_ORIGIN, H_PRIORITY, mask_secrets, validate_payload
 from sluice.priorities import Priority
 from sluice.records import DeadLetterRecord
-from sluice.sealed import seal
+from sluice.sealed import seal_secrets, unseal_secrets
 from sluice.settings import get_settings
 from workers.policy import failure_reason, policy_for
 
@@ -86,6 +87,10 @@ class SluiceTask(Task):
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         raw = args[0] if args else kwargs
         assert self.payload_model is not None
+        try:  # the secrets travel sealed and are opened here only, in this process
+            raw = unseal_secrets(self.payload_model, raw)
+        except ConfigError as exc:  # no key, or not the one it was sealed with: no retry helps
+            raise PermanentError(str(exc)) from None
         payload = validate_payload(self.name, self.payload_model, raw)  # permanent if invalid
         key = getattr(self.request, H_KEY, None)
         if key and redis_client().exists(keys.done(key)):
@@ -129,12 +134,24 @@ class SluiceTask(Task):
             payload=masked, exc_type=type(exc).__name__, exc_message=str(exc)[:10_000],
             traceback=str(einfo.traceback if einfo else "")[:50_000],
             attempts=(request.retries or 0) + 1, first_failed_at=now, last_failed_at=now,
-            reason=reason, retryable=retryable, sealed=_seal(raw) if masked != raw else None,
+            reason=reason, retryable=retryable,
+            sealed=self._sealed_copy(raw) if masked != raw else None,
             effect_key=job_effect_key(request) or task_id,
             generation=_int(getattr(request, H_GENERATION, 0)))
         where = get_recorder().record(record)
         log.error("%s %s dead-lettered (%s, %s, %d attempt(s)) -> %s", self.name, task_id,
                   reason, type(exc).__name__, record.attempts, where)
+
+    def _sealed_copy(self, raw: Any) -> str | None:
+        """The payload as it travelled, secrets sealed (JSON), for a replay; a payload sent
+        with secrets in clear (not through `submit`) is sealed here. Without a usable key
+        the row keeps the masked payload only: a bad key never costs the dead letter."""
+        assert self.payload_model is not None
+        try:
+            return json.dumps(seal_secrets(self.name, self.payload_model, raw), default=str)
+        except ConfigError as exc:
+            log.error("%s: payload kept masked only (%s)", self.name, exc)
+            return None
 
     def _priority(self, request: Any) -> Priority:
         """The priority the job was submitted with, else the task's default."""
@@ -144,13 +161,6 @@ class SluiceTask(Task):
             return self.sluice_priority
 
 
-def _seal(payload: Any) -> str | None:
-    """`seal`, but a bad key costs the sealed copy only, never the dead letter itself."""
-    try:
-        return seal(payload)
-    except ConfigError:
-        log.exception("payload not sealed")
-        return None
 
 
 def _int(value: Any) -> int:

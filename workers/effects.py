@@ -19,7 +19,7 @@ from typing import Any
 
 from sluice.settings import get_settings
 
-__all__ = ["append", "put", "read"]
+__all__ = ["append", "put", "read", "fingerprint"]
 
 
 def _path(domain: str) -> Path:
@@ -71,3 +71,13 @@ def read(domain: str) -> list[dict[str, Any]]:
     if folder.is_dir():
         records += [json.loads(f.read_text()) for f in folder.glob("*.json")]
     return sorted(records, key=lambda r: r["at"])
+
+
+def fingerprint(secret: Any) -> str | None:
+    """What an effect may record of a secret (a pydantic SecretStr / SecretBytes): a short
+    hash that tells which one was used, never the value."""
+    if secret is None:
+        return None
+    value = secret.get_secret_value()
+    data = value if isinstance(value, bytes) else str(value).encode()
+    return hashlib.sha256(data).hexdigest()[:16]

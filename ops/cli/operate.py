@@ -37,11 +37,13 @@ def db_current() -> None:
 
 @schedule_app.command("ls")
 def schedule_ls(as_json: bool = JSON) -> None:
-    """Each beat job: interval, runs, last run, next run, last outcome (from what ran)."""
+    """Each beat job and application schedule: when, next run, runs, sheds, last run and
+    last outcome (accepted, shed or duplicate for a schedule), from what ran."""
     from schedules.status import schedule_rows
 
     emit(schedule_rows(time.time()), as_json,
-         ["job", "interval_s", "runs", "last_run", "next_run", "last_outcome"], "schedules")
+         ["job", "kind", "schedule", "next_run", "runs", "sheds", "last_run", "last_outcome"],
+         "schedules")
 
 
 @schedule_app.command("run")
@@ -61,7 +63,9 @@ def schedule_run(job: str = typer.Argument(..., help="reconcile, retry-dead-lett
 
 @app.command("secret-key")
 def secret_key() -> None:
-    """Print a new key for SLUICE_SECRET_KEY (it seals secret fields of dead letters)."""
+    """Print a new key for SLUICE_SECRET_KEY (it seals the secret fields of every job). To
+    rotate: SLUICE_SECRET_KEY=NEW,OLD (the first seals, all open), then drop OLD once
+    `sluice doctor` finds no dead letter sealed under it."""
     from cryptography.fernet import Fernet
 
     console.out(Fernet.generate_key().decode(), highlight=False)
@@ -124,18 +128,20 @@ def worker(queues: str = typer.Option("critical,high,normal,low", "--queues", "-
     os.execv(args[0], args)
 
 
-LOOPBACK = {"127.0.0.1", "localhost", "::1"}
-
-
 @app.command()
 def flower(address: str = typer.Option("127.0.0.1", "--address"),
            port: int = typer.Option(5555, "--port", envvar="FLOWER_PORT")) -> None:
-    """Run Flower. Basic auth (FLOWER_BASIC_AUTH=user:password) is required unless Flower
-    is bound to 127.0.0.1."""
-    if address not in LOOPBACK and not os.environ.get("FLOWER_BASIC_AUTH"):
-        fail(f"Flower on {address} needs FLOWER_BASIC_AUTH=user:password in the environment "
-             "(only a 127.0.0.1 binding may run without it)", USAGE)
-    args = [*CELERY, "-A", "sluice.app", "flower", f"--address={address}", f"--port={port}"]
+    """Run Flower, locked (`ops.flowerconfig`): basic auth (FLOWER_BASIC_AUTH=user:password)
+    unless bound to 127.0.0.1, no task applying, read only unless FLOWER_READ_ONLY=false."""
+    from ops.flowerconfig import bind_address
+    from sluice.errors import ConfigError
+
+    try:  # checked again inside Flower, where its config file is read too: this fails fast
+        bind_address(address, bool(os.environ.get("FLOWER_BASIC_AUTH")
+                                   or os.environ.get("FLOWER_AUTH")))
+    except ConfigError as exc:
+        fail(str(exc), USAGE)
+    args = [sys.executable, "-m", "ops.flowerconfig", f"--address={address}", f"--port={port}"]
     os.execv(args[0], args)
 
 
