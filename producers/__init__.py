@@ -11,11 +11,13 @@ from typing import Any
 
 from producers.api import Producer, Receipt
 from producers.pressure import Decision, LevelState, Thresholds, decide, level_for
+from producers.workflow import Step, WorkflowReceipt, submit_workflow
 from sluice.errors import InvalidOption, InvalidPayload, OutcomeUnknown, Rejected, UnknownTask
 from sluice.priorities import PressureLevel, Priority
 
 __all__ = [
-    "submit", "submit_many", "submit_async", "default_producer", "reset_default_producer",
+    "submit", "submit_many", "submit_async", "submit_workflow", "Step", "WorkflowReceipt",
+    "default_producer", "reset_default_producer",
     "Producer", "Receipt", "Priority", "PressureLevel", "Rejected", "InvalidPayload",
     "InvalidOption", "OutcomeUnknown",
     "UnknownTask", "Decision", "LevelState", "Thresholds", "decide", "level_for",

@@ -26,9 +26,10 @@ from delivery.outbox import OutboxEntry, add_to_outbox, flush_outbox
 from delivery.sending import Outcome, Outgoing, Sent, fence, is_not_sent, send_many
 from producers import killswitch
 from producers.deadline import admit
-from producers.monitor import PressureEvent, PressureMonitor
+from producers.fairness import tenant_quota, under_pressure
+from producers.monitor import PressureEvent, PressureMonitor, Snapshot
 from producers.plan import Plan, Receipt, check_countdown, task_for, tenant_of
-from producers.pressure import BROKER_UNAVAILABLE, KILL_SWITCH, Thresholds
+from producers.pressure import BROKER_UNAVAILABLE, KILL_SWITCH, Decision, Thresholds
 from producers.wire import encode
 from sluice.errors import (
     InvalidOption,
@@ -151,19 +152,9 @@ class Producer:
             raise SecretKeyMissing(task_name)
         check_countdown(countdown, task, self.settings)
         deadline = self._deadline(deadline, task, prio)
+        who = tenant_of(task, payload, tenant)
         snap = self.monitor.current()
-        blocked = killswitch.blocking_switch(snap.killswitches, task_name, prio)
-        if blocked is not None:
-            self.monitor.count(submission_field(prio.name, SubmitOutcome.KILLED))
-            raise Rejected(KILL_SWITCH, snap.level, prio, 30.0, task_name)
-        # a countdown job is not due yet; the others wait behind what is queued, including
-        # what this process sent since the last tick
-        wait = 0.0 if countdown else snap.wait_for(prio, self.monitor.admitted())
-        decision = admit(snap.level, prio, wait, deadline)
-        if not decision.allowed:
-            self.monitor.count(submission_field(prio.name, SubmitOutcome.SHED))
-            raise Rejected(decision.reason or "", snap.level, prio, decision.retry_after_s,
-                           task_name)
+        decision = self._gate(snap, task_name, prio, who, deadline, countdown)
         # absolute, from now: the gate's delay and the send do not push the deadline back
         expires = None if deadline is None else (
             dt.datetime.now(dt.UTC) + dt.timedelta(seconds=deadline + (countdown or 0.0)))
@@ -171,8 +162,34 @@ class Producer:
         return Plan(task_name=task_name, payload=sealed, priority=prio, level=snap.level,
                     decision=decision, key=key, expires=expires, countdown=countdown,
                     origin=origin, effect_key=effect_key, generation=generation,
-                    tenant=tenant_of(task, payload, tenant), extra=dict(headers or {}),
+                    tenant=who, extra=dict(headers or {}),
                     printable=repr([mask_secrets(task.payload_model, payload)]))
+
+    def _gate(self, snap: Snapshot, task_name: str, prio: Priority, tenant: str,
+              deadline: float | None, countdown: float | None) -> Decision:
+        """Kill switches, DESIGN.md's depth table and the deadline, then (under pressure)
+        the tenant's fair share. Raises Rejected, counted; no I/O."""
+        blocked = killswitch.blocking_switch(snap.killswitches, task_name, prio, tenant)
+        if blocked is not None:
+            self.monitor.count(submission_field(prio.name, SubmitOutcome.KILLED))
+            self.monitor.count_tenant(prio, tenant, accepted=False)
+            raise Rejected(KILL_SWITCH, snap.level, prio, 30.0, task_name)
+        # a countdown job is not due yet; the others wait behind what is queued, including
+        # what this process sent since the last tick
+        wait = 0.0 if countdown else snap.wait_for(prio, self.monitor.admitted(),
+                                                   self.monitor.clock())
+        decision = admit(snap.level, prio, wait, deadline)
+        if (decision.allowed and prio is not Priority.CRITICAL
+                and under_pressure(snap.level, wait, deadline)):
+            decision = tenant_quota(tenant, self.monitor.tenant_rates(prio),
+                                    snap.available(prio), self.settings.tenant_weights
+                                    ) or decision
+        self.monitor.count_tenant(prio, tenant, accepted=decision.allowed)
+        if not decision.allowed:
+            self.monitor.count(submission_field(prio.name, SubmitOutcome.SHED))
+            raise Rejected(decision.reason or "", snap.level, prio, decision.retry_after_s,
+                           task_name)
+        return decision
 
     def _deadline(self, deadline: float | None, task: Any, priority: Priority) -> float | None:
         """The submission's deadline, else the task's `max_wait`, else the priority's;

@@ -1,4 +1,5 @@
-"""Kill switches: stop a priority or a task for every producer at once (stored in Redis)."""
+"""Kill switches: stop a priority, a task or a tenant for every producer at once (stored in
+Redis)."""
 
 from __future__ import annotations
 
@@ -12,11 +13,14 @@ __all__ = ["switch_key", "turn_on", "turn_off", "list_switches", "blocking_switc
 
 
 def switch_key(target: str) -> str:
-    """`LOW` or `priority:low` -> `priority:LOW`; `task:email.send` or `email.send` -> `task:...`.
+    """`LOW` or `priority:low` -> `priority:LOW`; `task:email.send` or `email.send` -> `task:...`;
+    `tenant:acme` -> `tenant:acme`.
 
-    Raises ValueError naming the target when it is neither a priority nor a task name.
+    Raises ValueError naming the target when it is neither a priority, a task nor a tenant.
     """
     kind, _, name = target.partition(":") if ":" in target else ("", "", target)
+    if kind == "tenant" and name:
+        return f"tenant:{name}"
     if kind in ("", "priority"):
         try:
             return f"priority:{Priority.parse(name).name}"
@@ -25,7 +29,8 @@ def switch_key(target: str) -> str:
                 raise
     if kind in ("", "task") and name:
         return f"task:{name}"
-    raise ValueError(f"kill-switch target {target!r} is neither `priority:NAME` nor `task:NAME`")
+    raise ValueError(f"kill-switch target {target!r} is none of `priority:NAME`, `task:NAME`, "
+                     "`tenant:NAME`")
 
 
 def turn_on(client: redis.Redis, target: str, reason: str) -> str:
@@ -45,10 +50,10 @@ def list_switches(client: redis.Redis) -> dict[str, str]:
     return texts(client.hgetall(keys.KILL_SWITCHES))
 
 
-def blocking_switch(switches: dict[str, str], task_name: str,
-                    priority: Priority) -> tuple[str, str] | None:
+def blocking_switch(switches: dict[str, str], task_name: str, priority: Priority,
+                    tenant: str | None = None) -> tuple[str, str] | None:
     """The switch that blocks this submission, if any (pure)."""
-    for key in (f"task:{task_name}", f"priority:{priority.name}"):
+    for key in (f"task:{task_name}", f"priority:{priority.name}", f"tenant:{tenant}"):
         if key in switches:
             return key, switches[key]
     return None

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import redis
 
 from producers.deadline import Drain, drain_after, predicted_wait, smooth
+from producers.fairness import WINDOW_S, TenantRates, available_rate
 from producers.pressure import LevelState, Thresholds, level_for
 from sluice import keys
 from sluice.connections import hash_fields, texts
@@ -33,6 +34,8 @@ log = logging.getLogger("sluice.pressure")
 
 #: seconds after an outage during which the drain rate is not lowered (workers reconnect)
 RECONNECT_GRACE_S = 10.0
+#: the shortest span a rate is measured over (a burst right after a tick is not 1000/s)
+MIN_RATE_SPAN_S = 0.25
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,13 +69,28 @@ class Snapshot:
     oldest: dict[str, float] = field(default_factory=dict)
     #: jobs/s admitted per priority name, by every producer (smoothed like the drain)
     arrivals: dict[str, float] = field(default_factory=dict)
+    #: per priority name: jobs/s offered and accepted per tenant, by every producer
+    tenants: dict[str, TenantRates] = field(default_factory=dict)
 
-    def wait_for(self, priority: Priority, admitted: Mapping[str, int] | None = None) -> float:
+    def available(self, priority: Priority) -> float | None:
+        """Jobs/s `priority` can start: the drain less what higher priorities take."""
+        return available_rate(self.drain.rate, self.arrivals, priority)
+
+    def wait_for(self, priority: Priority, admitted: Mapping[str, int] | None = None,
+                 now: float | None = None) -> float:
         """The predicted wait before a job of `priority` submitted now starts; `admitted`:
-        jobs this process sent since the tick, per queue (the tick has not seen them)."""
-        depths = self.depths if not admitted else {
-            q: self.depths.get(q, 0) + admitted.get(q, 0) for q in QUEUES}
-        return predicted_wait(depths, priority, self.drain.rate, self.arrivals)
+        jobs this process sent since the tick, per queue (the tick has not seen them). A
+        priority whose arrival rate is not measured yet (the first ticks of a burst) is
+        taken to arrive at the rate this process has been sending it since the tick."""
+        if not admitted:
+            return predicted_wait(self.depths, priority, self.drain.rate, self.arrivals)
+        depths = {q: self.depths.get(q, 0) + admitted.get(q, 0) for q in QUEUES}
+        arrivals = self.arrivals
+        if now is not None and len(arrivals) < len(QUEUES):
+            elapsed = max(now - self.at, MIN_RATE_SPAN_S)
+            arrivals = {p.name: arrivals.get(p.name, admitted.get(p.queue, 0) / elapsed)
+                        for p in Priority}
+        return predicted_wait(depths, priority, self.drain.rate, arrivals)
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +102,7 @@ class Sample:
     started: int
     oldest: dict[str, float]
     sent: dict[str, int]  #: every producer's jobs sent so far, per priority name
+    tenants: dict[str, TenantRates]  #: the tenant windows' rates, per priority name
 
 
 PressureHook = Callable[[PressureEvent], None]
@@ -111,6 +130,8 @@ class PressureMonitor:
         self._reconnected_at = -math.inf  # when Redis answered again after an outage
         self._sent: tuple[dict[str, int], float | None] = ({}, None)  # and the sent counters
         self._admitted: collections.Counter[str] = collections.Counter()
+        #: `keys.tenant_field` -> submissions since the last tick (flushed to the window)
+        self._tenants: collections.Counter[str] = collections.Counter()
 
     @property
     def level(self) -> PressureLevel:
@@ -143,6 +164,29 @@ class PressureMonitor:
         with self._lock:
             self._counts[field_name] += n
 
+    def count_tenant(self, priority: Priority, tenant: str, accepted: bool) -> None:
+        """A submission of `tenant` at `priority` was offered (and maybe accepted): counted
+        in memory, flushed to the shared window on the next tick."""
+        with self._lock:
+            self._tenants[keys.tenant_field(priority.name, tenant, offered=True)] += 1
+            if accepted:
+                self._tenants[keys.tenant_field(priority.name, tenant, offered=False)] += 1
+
+    def tenant_rates(self, priority: Priority) -> TenantRates:
+        """Every producer's rates per tenant at `priority` as of the last tick, plus what
+        this process accepted since (so that a burst within one tick counts at once)."""
+        rates = self.snapshot.tenants.get(priority.name, TenantRates())
+        with self._lock:
+            mine = {t: n for (p, t, offered), n in
+                    ((keys.parse_tenant_field(f), n) for f, n in self._tenants.items())
+                    if p == priority.name and not offered}
+        if not mine:
+            return rates
+        accepted = dict(rates.accepted)
+        for tenant, n in mine.items():
+            accepted[tenant] = accepted.get(tenant, 0.0) + n / WINDOW_S
+        return TenantRates(offered=rates.offered, accepted=accepted)
+
     def tick(self, now: float | None = None) -> Snapshot:
         """Sample once (one round trip) and update the level; emits events on change."""
         with self._tick_lock:
@@ -156,10 +200,11 @@ class PressureMonitor:
     def _tick(self, now: float) -> Snapshot:
         with self._lock:
             counts, self._counts = self._counts, collections.Counter()
+            tenants, self._tenants = self._tenants, collections.Counter()
         try:
-            sample = self._sample(counts, now)
+            sample = self._sample(counts, tenants, now)
         except redis.RedisError as exc:
-            self._restore(counts)
+            self._restore(counts, tenants)
             if self.snapshot.level is not PressureLevel.UNKNOWN:
                 log.error("Redis unreachable (%s): pressure level UNKNOWN", type(exc).__name__)
             return self._outage(now)
@@ -171,7 +216,7 @@ class PressureMonitor:
         with self._lock:
             self._admitted.clear()  # this sample counts them (or they are in flight: ms)
         return self._set(Snapshot(self._state.level, depth, sample.depths, sample.switches, now,
-                                  drain, sample.oldest, arrivals))
+                                  drain, sample.oldest, arrivals, sample.tenants))
 
     def _outage(self, now: float) -> Snapshot:
         """Redis is unreachable: level UNKNOWN, the last drain and arrivals kept as they were
@@ -214,7 +259,8 @@ class PressureMonitor:
         with self._lock:
             return dict(self._admitted)
 
-    def _sample(self, counts: collections.Counter[str], now: float) -> Sample:
+    def _sample(self, counts: collections.Counter[str], tenants: collections.Counter[str],
+                now: float) -> Sample:
         pipe = self.client.pipeline(transaction=False)
         for q in QUEUES:
             pipe.llen(q)
@@ -222,20 +268,32 @@ class PressureMonitor:
             pipe.lindex(q, -1)  # LPUSH + BRPOP: the oldest job is the list's last element
         pipe.hgetall(keys.KILL_SWITCHES)
         pipe.get(keys.STARTED)
-        for name, n in counts.items():
-            pipe.hincrby(keys.SUBMISSIONS, name, n)
         pipe.hgetall(keys.SUBMISSIONS)
+        window = int(now // WINDOW_S)
+        pipe.hgetall(keys.tenant_window(window - 1))
+        for name, n in counts.items():  # this tick's counts are written after the reads
+            pipe.hincrby(keys.SUBMISSIONS, name, n)
+        for name, n in tenants.items():
+            pipe.hincrby(keys.tenant_window(window), name, n)
+        if tenants:
+            pipe.expire(keys.tenant_window(window), int(4 * WINDOW_S))
+        pipe.hgetall(keys.tenant_window(window))
         if self.snapshot.level is not PressureLevel.UNKNOWN:  # last tick's view, for the CLI
             pipe.hset(keys.PRESSURE_STATE, mapping=hash_fields(self._state_fields()))
         replies = pipe.execute()
         n = len(QUEUES)
+        submitted = collections.Counter({k: int(v) for k, v in texts(replies[2 * n + 2]).items()})
+        submitted.update(counts)
+        current = 2 * n + 4 + len(counts) + len(tenants) + (1 if tenants else 0)
         return Sample(
             depths=dict(zip(QUEUES, (int(r) for r in replies[:n]), strict=True)),
             oldest={q: waited(raw, now) for q, raw in zip(QUEUES, replies[n:2 * n],
                                                           strict=True)},
             switches=texts(replies[2 * n]),
             started=int(replies[2 * n + 1] or 0),
-            sent=_sent_by_priority(texts(replies[2 * n + 2 + len(counts)])))
+            sent=_sent_by_priority(submitted),
+            tenants=_tenant_rates(texts(replies[2 * n + 3]), texts(replies[current]),
+                                  now - window * WINDOW_S))
 
     def _state_fields(self) -> dict[str, str | float | int]:
         snap = self.snapshot
@@ -248,9 +306,11 @@ class PressureMonitor:
             fields[f"oldest:{queue}"] = round(age, 3)
         return fields
 
-    def _restore(self, counts: collections.Counter[str]) -> None:
+    def _restore(self, counts: collections.Counter[str],
+                 tenants: collections.Counter[str]) -> None:
         with self._lock:
             self._counts.update(counts)
+            self._tenants.update(tenants)
 
     def _set(self, snap: Snapshot) -> Snapshot:
         self.snapshot = snap
@@ -311,7 +371,7 @@ class PressureMonitor:
 _SENT = {SubmitOutcome.ACCEPTED.value, SubmitOutcome.DELAYED.value}
 
 
-def _sent_by_priority(counters: dict[str, str]) -> dict[str, int]:
+def _sent_by_priority(counters: Mapping[str, int]) -> dict[str, int]:
     """Jobs sent so far per priority name, from the shared submission counters."""
     sent: dict[str, int] = collections.Counter()
     for field_name, n in counters.items():
@@ -319,3 +379,17 @@ def _sent_by_priority(counters: dict[str, str]) -> dict[str, int]:
         if outcome in _SENT:
             sent[priority] += int(n)
     return dict(sent)
+
+
+def _tenant_rates(last: dict[str, str], current: dict[str, str],
+                  into_current_s: float) -> dict[str, TenantRates]:
+    """Per priority, jobs/s per tenant over the last window and the current one so far."""
+    span = WINDOW_S + max(into_current_s, 0.0)
+    out: dict[str, TenantRates] = {}
+    for window in (last, current):
+        for field_name, n in window.items():
+            priority, tenant, offered = keys.parse_tenant_field(field_name)
+            rates = out.setdefault(priority, TenantRates())
+            into = rates.offered if offered else rates.accepted
+            into[tenant] = into.get(tenant, 0.0) + int(n) / span
+    return out

@@ -125,3 +125,35 @@ def dlq_spool_processing(drain_id: str) -> str:
 def dlq_spool_lease(drain_id: str) -> str:
     """Set, with a TTL renewed per batch, while drain `drain_id` is alive."""
     return f"{PREFIX}dlq:spool:lease:{drain_id}"
+
+#: hash: per application schedule (`SLUICE_SCHEDULES_FILE`), `<name>:<field>` -> its last
+#: tick dealt with, counters (runs, sheds, duplicates, skipped) and its last firing (JSON).
+APP_SCHEDULES = PREFIX + "schedule:app"
+
+
+def workflow(workflow_id: str) -> str:
+    """Hash: one workflow's steps (`spec`), each step's state (`step:<i>`) and the dict each
+    step returned (`result:<i>`, what the next step may merge). See `producers.workflow`."""
+    return f"{PREFIX}workflow:{workflow_id}"
+
+
+def workflow_task(task_id: str) -> str:
+    """`<workflow id>:<step index>` of the job `task_id` (found again when it dead-letters)."""
+    return f"{PREFIX}workflow:task:{task_id}"
+
+
+def tenant_window(index: int) -> str:
+    """Hash of per-tenant submission counters for one fairness window (`int(now // 2 s)`):
+    one key per window, expiring after a few, never one per tenant or per job."""
+    return f"{PREFIX}tenants:{index}"
+
+
+def tenant_field(priority: str, tenant: str, *, offered: bool) -> str:
+    """The `tenant_window` field counting `tenant`'s offered (or accepted) jobs."""
+    return f"{'o' if offered else 'a'}:{priority}:{tenant}"
+
+
+def parse_tenant_field(field: str) -> tuple[str, str, bool]:
+    """(priority name, tenant, offered?) of a `tenant_window` field."""
+    kind, priority, tenant = field.split(":", 2)
+    return priority, tenant, kind == "o"

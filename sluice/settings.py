@@ -11,6 +11,7 @@ import functools
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Annotated
 from urllib.parse import parse_qs, urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, model_validator
@@ -66,6 +67,8 @@ class Settings(BaseSettings):
     max_wait_high: float = Field(10.0, gt=0)
     max_wait_normal: float = Field(60.0, gt=0)
     max_wait_low: float = Field(300.0, gt=0)
+    #: weights of tenants' fair shares under pressure (JSON, e.g. {"acme": 2}; default 1)
+    tenant_weights: dict[str, Annotated[float, Field(gt=0)]] = Field(default_factory=dict)
     retry_backoff_base: int | None = Field(None, ge=0)  # overrides every task's base; 0 = none
     retry_jitter: bool = True
 

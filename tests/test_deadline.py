@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from producers.deadline import DEADLINE, Drain, admit, drain_after, predicted_wait
+from producers.deadline import DEADLINE, HEADROOM, Drain, admit, drain_after, predicted_wait
 from producers.pressure import decide
 from sluice.priorities import PressureLevel as L
 from sluice.priorities import Priority as P
@@ -71,7 +71,8 @@ def test_admission_is_the_depth_table_and_the_deadline(level: L, priority: P, wa
     table, got = decide(level, priority), admit(level, priority, wait, deadline)
     if not table.allowed:
         assert got == table  # the depth table refuses first, with its own reason
-    elif priority is P.CRITICAL or deadline is None or wait + table.delay_ms / 1000 <= deadline:
+    elif (priority is P.CRITICAL or deadline is None
+          or wait + table.delay_ms / 1000 <= HEADROOM * deadline):
         assert got == table
     else:
         assert not got.allowed and got.reason == DEADLINE and got.retry_after_s >= 1
@@ -79,7 +80,12 @@ def test_admission_is_the_depth_table_and_the_deadline(level: L, priority: P, wa
 
 def test_a_refusal_says_when_the_job_would_fit() -> None:
     d = admit(L.NORMAL, P.LOW, wait_s=400.0, deadline_s=300.0)
-    assert d.reason == DEADLINE and d.retry_after_s == 100.0
+    assert d.reason == DEADLINE and d.retry_after_s == 400.0 - HEADROOM * 300.0
+
+
+def test_a_job_is_admitted_with_headroom_not_at_the_edge_of_its_deadline() -> None:
+    assert admit(L.NORMAL, P.HIGH, wait_s=HEADROOM * 10.0, deadline_s=10.0).allowed
+    assert not admit(L.NORMAL, P.HIGH, wait_s=9.9, deadline_s=10.0).allowed
 
 
 def test_jobs_still_arriving_at_higher_priorities_overtake_and_lengthen_the_wait() -> None:
@@ -97,3 +103,16 @@ def test_more_overtaking_traffic_never_shortens_the_wait(rate: float, ahead: int
     depths = {"low": ahead}
     base = predicted_wait(depths, P.LOW, rate)
     assert predicted_wait(depths, P.LOW, rate, {"CRITICAL": arriving}) >= base
+
+
+def test_before_arrivals_are_measured_this_process_sends_count_as_overtaking() -> None:
+    from producers.monitor import Snapshot
+
+    snap = Snapshot(L.NORMAL, depths={"high": 10}, at=100.0, drain=Drain(rate=50.0, at=100.0))
+    sent = {"high": 20}  # 40 jobs/s of HIGH over the last half second, from this process
+    assert snap.wait_for(P.NORMAL, sent) == pytest.approx(30 / 50.0)
+    assert snap.wait_for(P.NORMAL, sent, now=100.5) == pytest.approx(30 / (50.0 - 40.0))
+    measured = Snapshot(L.NORMAL, depths={"high": 10}, at=100.0,
+                        drain=Drain(rate=50.0, at=100.0),
+                        arrivals={p.name: 0.0 for p in P})
+    assert measured.wait_for(P.NORMAL, sent, now=100.5) == pytest.approx(30 / 50.0)

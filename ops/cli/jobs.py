@@ -40,6 +40,7 @@ def submit(task: str = typer.Argument(..., help="Task name, e.g. email.send"),
            countdown: float | None = typer.Option(None, "--countdown", min=0),
            deadline: float | None = typer.Option(
                None, "--deadline", help="Seconds it may wait before it starts"),
+           tenant: str | None = typer.Option(None, "--tenant", help="Whose job it is"),
            as_json: bool = JSON) -> None:
     """Submit one job through the gate (exit 3 when the gate rejects it)."""
     from producers import default_producer
@@ -51,7 +52,7 @@ def submit(task: str = typer.Argument(..., help="Task name, e.g. email.send"),
     producer = default_producer()
     try:
         receipt = producer.submit(task, data, priority=priority, idempotency_key=key,
-                                  countdown=countdown, deadline=deadline)
+                                  countdown=countdown, deadline=deadline, tenant=tenant)
     finally:
         producer.close()
     row = {"task_id": receipt.task_id, "task": task, "queue": receipt.queue,
@@ -81,7 +82,25 @@ def _pressure_rows() -> dict[str, Any]:
             "predicted_wait_s": {p.name: round(predicted_wait(snap.depths, p, rate_or_none), 3)
                                  for p in Priority},
             "thresholds": {"warning": s.pressure_warning, "critical": s.pressure_critical,
-                           "shed": s.pressure_shed}, "killswitches": snap.killswitches}
+                           "shed": s.pressure_shed}, "killswitches": snap.killswitches,
+            "tenants": _tenant_rows(snap.tenants)}
+
+
+#: tenants shown per priority (the busiest): a bounded view, however many tenants there are
+TOP_TENANTS = 10
+
+
+def _tenant_rows(tenants: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """Per priority, the busiest tenants of the last seconds: jobs/s offered, accepted, shed."""
+    out = {}
+    for priority, rates in tenants.items():
+        busiest = sorted(rates.offered, key=lambda t: -rates.offered[t])[:TOP_TENANTS]
+        out[priority] = [{"tenant": t, "offered_per_s": round(rates.offered[t], 2),
+                          "accepted_per_s": round(rates.accepted.get(t, 0.0), 2),
+                          "shed_per_s": round(max(0.0, rates.offered[t]
+                                                  - rates.accepted.get(t, 0.0)), 2)}
+                         for t in busiest]
+    return out
 
 
 @app.command()
@@ -120,15 +139,24 @@ def _pressure_table(data: dict[str, Any]) -> Any:
     t, rate = data["thresholds"], data["drain_rate"]
     title = (f"level {data['level']}  drain {'?' if rate is None else f'{rate:.1f}'} jobs/s  "
              f"(warning {t['warning']}, critical {t['critical']}, shed {t['shed']})")
-    return table(rows, ["queue", "depth", "oldest_age_s", "predicted_wait_s"], title)
+    main = table(rows, ["queue", "depth", "oldest_age_s", "predicted_wait_s"], title)
+    tenants = [{"priority": p, **row} for p, rows_ in data.get("tenants", {}).items()
+               for row in rows_]
+    if not tenants:
+        return main
+    from rich.console import Group
+
+    return Group(main, table(tenants, ["priority", "tenant", "offered_per_s", "accepted_per_s",
+                                       "shed_per_s"], "busiest tenants (last seconds)"))
 
 
 # -- kill switches ---------------------------------------------------------------------------
 
 @killswitch_app.command("on")
-def killswitch_on(target: str = typer.Argument(..., help="priority:LOW or task:email.send"),
+def killswitch_on(target: str = typer.Argument(
+                      ..., help="priority:LOW, task:email.send or tenant:acme"),
                   reason: str = typer.Option("switched off", "--reason", "-r")) -> None:
-    """Refuse new submissions of a priority or task (Rejected KILL_SWITCH)."""
+    """Refuse new submissions of a priority, task or tenant (Rejected KILL_SWITCH)."""
     from producers import killswitch
     from sluice.connections import redis_client
 
