@@ -76,7 +76,7 @@ def replay_one(store: DeadLetterStore, producer: Producer, dead_letter_id: int,
     try:
         plan = producer.plan(row.task_name, payload, Priority.parse(row.priority),
                              origin=row.task_id, effect_key=row.effect_key or row.task_id,
-                             generation=row.replay_count + 1,
+                             generation=row.replay_count + 1, tenant=row.tenant,
                              headers=workflow.workflow_headers(step) if step else None)
     except Rejected as rej:
         _note_rejection(store, row, rej, next_retry_at)

@@ -104,11 +104,12 @@ def test_secrets_are_opened_in_the_task_and_by_a_replay_and_stored_nowhere_in_cl
     worker = processes.worker()
     submit("email.send", {"to": "ok@example.com", "subject": "s", "smtp_password": canary})
     submit("email.send", {"to": "bob@example.invalid", "subject": "s",
-                          "smtp_password": canary})
+                          "smtp_password": canary}, tenant="acme")
     store = DeadLetterStore()
     wait_for(lambda: store.list(), what="the refused email dead-lettered")
     [row] = store.list()
     assert row.payload["smtp_password"] == "***" and canary not in (row.sealed or "")
+    assert row.tenant == "acme"  # and its replay keeps it
     assert replay_one(store, default_producer(), row.id).outcome.value == "replayed"
     wait_for(lambda: len(effects.read("email")) == 3, what="the replay ran")
     assert [e["smtp_auth"] for e in effects.read("email")] == [_fp(canary)] * 3

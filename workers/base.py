@@ -24,7 +24,15 @@ from sluice import keys
 from sluice.app import app
 from sluice.connections import redis_client
 from sluice.errors import ConfigError, PermanentError
-from sluice.message import H_GENERATION, H_KEY, H_ORIGIN, H_PRIORITY, mask_secrets, validate_payload
+from sluice.message import (
+    H_GENERATION,
+    H_KEY,
+    H_ORIGIN,
+    H_PRIORITY,
+    H_TENANT,
+    mask_secrets,
+    validate_payload,
+)
 from sluice.priorities import Priority
 from sluice.records import DeadLetterRecord
 from sluice.sealed import seal_secrets, unseal_secrets
@@ -137,7 +145,8 @@ class SluiceTask(Task):
             reason=reason, retryable=retryable,
             sealed=self._sealed_copy(raw) if masked != raw else None,
             effect_key=job_effect_key(request) or task_id,
-            generation=_int(getattr(request, H_GENERATION, 0)))
+            generation=_int(getattr(request, H_GENERATION, 0)),
+            tenant=_text(getattr(request, H_TENANT, None)))
         where = get_recorder().record(record)
         log.error("%s %s dead-lettered (%s, %s, %d attempt(s)) -> %s", self.name, task_id,
                   reason, type(exc).__name__, record.attempts, where)
@@ -161,6 +170,11 @@ class SluiceTask(Task):
             return self.sluice_priority
 
 
+
+
+def _text(value: Any) -> str | None:
+    """A header's short text; None when absent or not text (a bad header costs nothing)."""
+    return value[:200] if isinstance(value, str) and value else None
 
 
 def _int(value: Any) -> int:
