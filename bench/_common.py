@@ -13,6 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from cryptography.fernet import Fernet
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -21,6 +23,8 @@ from ops.embedded import EmbeddedRedis  # noqa: E402
 from ops.state import reset_process_state  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
+#: seals the secret fields of `bench.secret` for this run (producer and workers share it)
+SECRET_KEY = os.environ.get("SLUICE_SECRET_KEY") or Fernet.generate_key().decode()
 #: Thresholds far above any benchmark's depth: the gate stays at NORMAL while nothing drains.
 GATE_OPEN = {"pressure_warning": "10000000", "pressure_critical": "20000000",
              "pressure_shed": "30000000"}
@@ -37,7 +41,8 @@ def bench_env(redis_url: str, tmp: Path, **settings: str) -> dict[str, str]:
     env.update({"SLUICE_REDIS_URL": redis_url, "BENCH_REDIS_URL": redis_url,
                 "SLUICE_DATABASE_URL": f"sqlite:///{tmp / 'sluice.db'}",
                 "SLUICE_DATA_DIR": str(tmp / "data"), "SLUICE_SPOOL_PATH": str(tmp / "spool"),
-                "PYTHONPATH": str(ROOT), "REMAP_SIGTERM": "SIGQUIT", "PYTHONUNBUFFERED": "1"})
+                "PYTHONPATH": str(ROOT), "REMAP_SIGTERM": "SIGQUIT", "PYTHONUNBUFFERED": "1",
+                "SLUICE_SECRET_KEY": SECRET_KEY})
     env.update({f"SLUICE_{k.upper()}": v for k, v in settings.items()})
     return env
 

@@ -2,10 +2,11 @@
 
     python bench/gate_overhead.py [--n 5000] [--rounds 3] [--json PATH]
 
-Four measurements on one embedded Redis, in one process, alternating rounds (the best round
+Five measurements on one embedded Redis, in one process, alternating rounds (the best round
 of each is kept, since these machines are shared and noisy): `submit` (gate on, level
 NORMAL), `apply_async` of the same task name on a plain Celery app, `submit_many` in batches
-of 500, and the same `apply_async` loop as its baseline. Targets: submit >= 0.90x plain,
+of 500, the same `apply_async` loop as its baseline, and `submit` of a task with one secret field
+(sealed with Fernet before the send). Targets: submit >= 0.90x plain,
 submit_many >= 5x plain.
 """
 
@@ -18,6 +19,7 @@ from typing import Any
 from _common import GATE_OPEN, bench_env, print_table, redis_server, temp_dir, use_env, write_json
 
 PAYLOAD = {"submitted_at": 0.0, "priority": "NORMAL", "sleep_s": 0.0, "tid": ""}
+SECRET_PAYLOAD = PAYLOAD | {"token": "s3cret-api-token"}
 
 
 def rate(n: int, fn: Any) -> float:
@@ -43,6 +45,8 @@ def main() -> None:
     print_table("gate overhead (best of rounds)", ["path", "jobs_per_s"], rows)
     print(f"submit / plain apply_async      = {result['submit_ratio']:.2f}x (target >= 0.90)")
     print(f"submit_many / plain apply_async = {result['submit_many_ratio']:.2f}x (target >= 5)")
+    print(f"submit, sealed secret / plain   = {result['secret_submit_ratio']:.2f}x (the price "
+          "of one Fernet encryption per job)")
     print("JSON:", write_json("gate_overhead", result, args.json))
 
 
@@ -61,6 +65,8 @@ def measure(server: Any, n: int, rounds: int) -> dict[str, Any]:
         "sluice submit": lambda: [producer.submit("bench.work", PAYLOAD) for _ in range(n)],
         "sluice submit_many (500/batch)": lambda: [
             producer.submit_many("bench.work", [PAYLOAD] * 500) for _ in range(n // 500)],
+        "sluice submit, one secret field sealed": lambda: [
+            producer.submit("bench.secret", SECRET_PAYLOAD) for _ in range(n)],
     }
     for fn in paths.values():  # warm-up: connections, imports, first-use caches
         fn()
@@ -73,7 +79,8 @@ def measure(server: Any, n: int, rounds: int) -> dict[str, Any]:
     plain_rate = best["plain apply_async"]
     return {"n": n, "rounds": rounds, "rates": best,
             "submit_ratio": best["sluice submit"] / plain_rate,
-            "submit_many_ratio": best["sluice submit_many (500/batch)"] / plain_rate}
+            "submit_many_ratio": best["sluice submit_many (500/batch)"] / plain_rate,
+            "secret_submit_ratio": best["sluice submit, one secret field sealed"] / plain_rate}
 
 
 if __name__ == "__main__":

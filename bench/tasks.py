@@ -14,7 +14,7 @@ import time
 
 import redis
 from celery import Celery
-from pydantic import BaseModel
+from pydantic import BaseModel, SecretStr
 
 from sluice.priorities import Priority
 from workers.base import sluice_task
@@ -55,6 +55,15 @@ def work_body(payload: dict) -> None:
 @sluice_task("bench.work", Priority.NORMAL, Work, max_retries=0)
 def sluice_work(payload: Work) -> None:
     work_body(payload.model_dump())
+
+
+class SecretWork(Work):
+    token: SecretStr  # sealed by the producer, opened in the task
+
+
+@sluice_task("bench.secret", Priority.NORMAL, SecretWork, max_retries=0)
+def sluice_secret_work(payload: SecretWork) -> None:
+    work_body(payload.model_dump(exclude={"token"}))
 
 
 def plain_app(url: str) -> Celery:

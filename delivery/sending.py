@@ -11,6 +11,15 @@ no-op (it will never be sent). The outbox flush sends through the same script in
 mode, which refuses a task id the ledger already knows, so a CRITICAL job whose first send
 did arrive is not sent twice. Redis-py's automatic retries are off for these calls
 (`sluice.connections`): a blind retry of a send that did arrive is a duplicate.
+
+While a monitor listens (Flower announces itself with `announce_monitor`), a job that is
+sent is also announced, in the same script call, by the `task-sent` event Celery's own
+publish sends when `task_send_sent_event` is on: task name, masked arguments, exchange and
+routing key (the queue). It is the only event that tells a monitor which queue a job went to
+(a worker's `task-received` does not carry it): without it Flower shows `routing_key: null`
+for every job. Building it from the message costs Redis some 20 us per job, so, like the
+workers' task events that Flower switches on while it runs, it is sent only while the
+announcement lasts; otherwise the script pays one EXISTS.
 """
 
 from __future__ import annotations
@@ -28,13 +37,42 @@ from redis.exceptions import NoScriptError
 from sluice import keys
 
 __all__ = ["Outgoing", "Sent", "Outcome", "send_many", "fence", "is_not_sent",
-           "FENCE_TTL_S"]
+           "FENCE_TTL_S", "sent_event_channel", "announce_monitor", "MONITOR_KEY"]
 
 #: How long a fence (and a flushed job's marker) lives: longer than any outage a send can
 #: stay undecided through.
 FENCE_TTL_S = 86_400
 
-_SEND = """
+#: string key, present while a monitor wants `task-sent` events (`announce_monitor`). (A key
+#: name: its place is `sluice.keys`.)
+MONITOR_KEY = keys.MONITOR_KEY
+
+#: Celery's `task-sent` event for the job just queued (ARGV: the event channel, the task
+#: id, the queue, the message, the time), the way kombu publishes to the `celeryev` fanout
+#: exchange on Redis. The body is plain JSON (no `body_encoding`), which kombu accepts.
+_SENT_EVENT = """
+local function sent_event(channel, id, queue, message, now)
+  local ok, msg = pcall(cjson.decode, message)
+  if not ok or type(msg) ~= 'table' then return end
+  local h = type(msg['headers']) == 'table' and msg['headers'] or {}
+  local props = type(msg['properties']) == 'table' and msg['properties'] or {}
+  local info = type(props['delivery_info']) == 'table' and props['delivery_info'] or {}
+  local client = h['origin']
+  if type(client) ~= 'string' then client = 'sluice-producer' end
+  local event = cjson.encode({type = 'task-sent', uuid = id, name = h['task'],
+    args = h['argsrepr'], kwargs = h['kwargsrepr'], retries = h['retries'], eta = h['eta'],
+    expires = h['expires'], root_id = h['root_id'], parent_id = h['parent_id'],
+    queue = queue, exchange = info['exchange'], routing_key = info['routing_key'] or queue,
+    hostname = client, timestamp = tonumber(now), clock = 0})
+  redis.call('PUBLISH', channel, cjson.encode({body = event,
+    ['content-type'] = 'application/json', ['content-encoding'] = 'utf-8',
+    headers = {hostname = client},
+    properties = {delivery_mode = 1, priority = 0, delivery_tag = id,
+                  delivery_info = {exchange = 'celeryev', routing_key = 'task.sent'}}}))
+end
+"""
+
+_SEND = _SENT_EVENT + """
 local id, mode = ARGV[1], ARGV[5]
 if KEYS[5] ~= '' then
   local first = redis.call('GET', KEYS[5])
@@ -52,6 +90,9 @@ redis.call('LPUSH', KEYS[1], ARGV[2])
 redis.call('HSET', KEYS[2], id, KEYS[1] .. '\\n' .. ARGV[2])
 redis.call('ZADD', KEYS[3], ARGV[3], id)
 if KEYS[5] ~= '' then redis.call('SET', KEYS[5], id, 'EX', ARGV[4]) end
+if ARGV[7] ~= '' and redis.call('EXISTS', KEYS[6]) == 1 then
+  sent_event(ARGV[7], id, KEYS[1], ARGV[2], ARGV[3])
+end
 return {'sent'}
 """
 
@@ -95,14 +136,17 @@ _SEND_SHA = hashlib.sha1(_SEND.encode()).hexdigest()
 
 
 def send_many(client: redis.Redis, jobs: Sequence[Outgoing], *, idempotency_ttl: int,
-              flush: bool = False, now: float | None = None) -> list[Sent]:
-    """Send `jobs` in one pipeline (one script call each): one round trip. Raises redis
-    errors as they are: the caller decides between "not sent" (`is_not_sent`) and unknown
-    (`fence`)."""
+              flush: bool = False, now: float | None = None,
+              sent_events: bool = True) -> list[Sent]:
+    """Send `jobs` in one pipeline (one script call each): one round trip; while a monitor
+    is announced, each job sent gets a `task-sent` event too, unless `sent_events` is False.
+    Raises redis errors as they are: the caller decides between "not sent" (`is_not_sent`)
+    and unknown (`fence`)."""
     if not jobs:
         return []
     now = time.time() if now is None else now
-    calls = [_call(job, now, idempotency_ttl, flush) for job in jobs]
+    channel = sent_event_channel(client) if sent_events else ""
+    calls = [_call(job, now, idempotency_ttl, flush, channel) for job in jobs]
     replies = _evalsha_all(client, calls)
     missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
     if missing:  # a restarted Redis forgot the script: nothing of these ran, load and rerun
@@ -115,16 +159,31 @@ def send_many(client: redis.Redis, jobs: Sequence[Outgoing], *, idempotency_ttl:
     return [_sent(reply) for reply in replies]
 
 
-def _call(job: Outgoing, now: float, ttl: int, flush: bool) -> list[str | float]:
+def announce_monitor(client: redis.Redis, ttl_s: int) -> None:
+    """A monitor (Flower) listens: announce every job sent in the next `ttl_s` seconds with a
+    `task-sent` event. Renew it while the monitor runs. Raises redis errors."""
+    client.set(MONITOR_KEY, "1", ex=ttl_s)
+
+
+def sent_event_channel(client: redis.Redis) -> str:
+    """The Pub/Sub channel of `task-sent` events on `client`'s database, as kombu names it
+    (`fanout_prefix` and `fanout_patterns`, both on by default): `/<db>.celeryev/task.sent`."""
+    db = client.connection_pool.connection_kwargs.get("db", 0)
+    return f"/{db}.celeryev/task.sent"
+
+
+def _call(job: Outgoing, now: float, ttl: int, flush: bool,
+          channel: str) -> list[str | float]:
     idem = keys.idempotency(job.idempotency_key) if job.idempotency_key else ""
     return [job.queue, keys.LEDGER, keys.LEDGER_AT, keys.fence(job.task_id), idem,
-            job.task_id, job.message, now, ttl, "flush" if flush else "send", FENCE_TTL_S]
+            MONITOR_KEY, job.task_id, job.message, now, ttl, "flush" if flush else "send",
+            FENCE_TTL_S, channel]
 
 
 def _evalsha_all(client: redis.Redis, calls: list[list[str | float]]) -> list[Any]:
     pipe = client.pipeline(transaction=False)
     for call in calls:
-        pipe.evalsha(_SEND_SHA, 5, *call)
+        pipe.evalsha(_SEND_SHA, 6, *call)
     return list(pipe.execute(raise_on_error=False))
 
 

@@ -62,6 +62,10 @@ class DeadLetter(Base):
     effect_key: Mapped[str | None] = mapped_column(String(TASK_ID_LENGTH), nullable=True)
     next_retry_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True),
                                                               nullable=True)
+    #: whose job it was (None: not recorded)
+    tenant: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    #: on a workflow step: {"id": workflow id, "step": index}; a replay resumes the workflow
+    workflow: Mapped[Any] = mapped_column(JSON(none_as_null=True), nullable=True)
     updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow,
                                                     onupdate=utcnow)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pybreaker
@@ -24,9 +25,16 @@ from sluice.connections import redis_client
 from sluice.records import DeadLetterRecord
 from sluice.settings import Settings, get_settings
 
-__all__ = ["Recorder", "SlowCallListener", "get_recorder"]
+__all__ = ["Recorder", "SlowCallListener", "get_recorder", "BEFORE_RECORD", "Annotator"]
 
 log = logging.getLogger("sluice.dlq")
+
+#: Takes a record about to be written and returns the record to write: what only the process
+#: that saw the failure knows is added here (the worker adds the workflow step of the job).
+Annotator = Callable[[DeadLetterRecord], DeadLetterRecord]
+#: Called in order on every record before it is stored or spooled; one that raises is logged
+#: and skipped: it never costs the record.
+BEFORE_RECORD: list[Annotator] = []
 
 
 class SlowCallListener(pybreaker.CircuitBreakerListener):
@@ -73,6 +81,7 @@ class Recorder:
 
     def record(self, rec: DeadLetterRecord) -> str:
         """Store `rec`; returns `db`, or `file` / `redis` when it had to be spooled."""
+        rec = _annotated(rec)
         try:
             self.breaker.call(self._write, rec)
             return "db"
@@ -84,6 +93,16 @@ class Recorder:
            wait=wait_exponential(multiplier=0.05, max=0.5), reraise=True)
     def _write(self, rec: DeadLetterRecord) -> None:
         self.store.record(rec)
+
+
+def _annotated(rec: DeadLetterRecord) -> DeadLetterRecord:
+    for annotate in BEFORE_RECORD:
+        try:
+            rec = annotate(rec)
+        except Exception:
+            log.exception("dead letter %s: annotator %s failed (the record is kept as it is)",
+                          rec.task_id, getattr(annotate, "__name__", annotate))
+    return rec
 
 
 _recorder: Recorder | None = None

@@ -158,6 +158,7 @@ class DeadLetterStore:
             "reason": rec.reason, "retryable": bool(rec.retryable), "replay_count": 0,
             "next_retry_at": next_retry, "updated_at": dt.datetime.now(dt.UTC),
             "generation": rec.generation, "sealed": rec.sealed, "effect_key": rec.effect_key,
+            "tenant": rec.tenant, "workflow": rec.workflow,
         }
 
     def _upsert(self) -> Any:
@@ -167,7 +168,8 @@ class DeadLetterStore:
 
         `next_retry_at` keeps the schedule the retry job set, but a row replayed by hand has
         none: its next failure then schedules it again (else it would never be retried nor
-        exhausted). The effect key stays the original's; a sealed payload is kept."""
+        exhausted). The effect key stays the original's; a sealed payload, the tenant and
+        the workflow step are kept when the newer report lacks them."""
         dialect = postgresql if self.engine.dialect.name == "postgresql" else sqlite
         ins = dialect.insert(DeadLetter)
         new = ins.excluded
@@ -176,6 +178,8 @@ class DeadLetterStore:
         changes["next_retry_at"] = func.coalesce(DeadLetter.next_retry_at, new.next_retry_at)
         changes["effect_key"] = func.coalesce(DeadLetter.effect_key, new.effect_key)
         changes["sealed"] = func.coalesce(new.sealed, DeadLetter.sealed)
+        changes["tenant"] = func.coalesce(new.tenant, DeadLetter.tenant)
+        changes["workflow"] = func.coalesce(new.workflow, DeadLetter.workflow)
         newer = (tuple_(new.generation, new.attempts)
                  > tuple_(DeadLetter.generation, DeadLetter.attempts))
         # RETURNING lets SQLAlchemy batch the parameter sets into multi-row INSERTs on

@@ -1,17 +1,25 @@
-"""Prometheus metrics for the whole deployment, read at scrape time from Redis and SQL.
+"""Prometheus metrics for the whole deployment, computed on a timer from Redis and SQL and
+served from memory.
 
 Counters that producers and workers keep in Redis hashes (submissions by priority and
 outcome, retries by task) are exported as they are, so one endpoint shows every process.
+A scrape never touches Redis, the database or the spool file: a daemon thread recomputes
+every figure each `REFRESH_S` seconds and a scrape serves the last ones, so scraping often
+(or by anyone who can reach the port) costs nothing; `sluice_metrics_refreshed_timestamp_seconds`
+says how fresh they are.
 """
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import redis
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -24,7 +32,12 @@ from sluice.message import waited
 from sluice.priorities import QUEUES, PressureLevel
 from sluice.settings import get_settings
 
-__all__ = ["SluiceCollector", "oldest_age"]
+__all__ = ["SluiceCollector", "oldest_age", "REFRESH_S"]
+
+log = logging.getLogger("sluice.metrics")
+
+#: Seconds between two computations of the figures (a scrape serves the last ones).
+REFRESH_S = 5.0
 
 
 def oldest_age(client: redis.Redis, queue: str, now: float) -> float:
@@ -35,10 +48,45 @@ def oldest_age(client: redis.Redis, queue: str, now: float) -> float:
 
 
 class SluiceCollector(Collector):
-    """Collects every Sluice metric on each scrape."""
+    """Serves the figures of the last refresh. The first is computed here, so a collector
+    built now shows the state of now (`sluice metrics --once`); then, with `background`, a
+    daemon thread recomputes them every `interval` seconds until `close`."""
 
-    def collect(self) -> Iterator[Any]:
-        client, now = redis_client(), time.time()
+    def __init__(self, interval: float = REFRESH_S, *, background: bool = True) -> None:
+        self.interval = interval
+        self._stopped = threading.Event()
+        self._families: list[Metric] = []
+        self.refresh()
+        if background:
+            threading.Thread(target=self._run, name="sluice-metrics", daemon=True).start()
+
+    def collect(self) -> Iterator[Metric]:
+        """The last figures: no I/O."""
+        return iter(self._families)
+
+    def refresh(self, now: float | None = None) -> None:
+        """Compute every figure now; scrapes serve them from then on."""
+        now = time.time() if now is None else now
+        families = list(self._compute(now))
+        families.append(GaugeMetricFamily(
+            "sluice_metrics_refreshed_timestamp_seconds",
+            "When these figures were computed (Unix time): alert if it stops moving",
+            value=now))
+        self._families = families  # one swap: a scrape sees the old list or the new one
+
+    def close(self) -> None:
+        """Stop the refreshing thread (the figures stay as they are)."""
+        self._stopped.set()
+
+    def _run(self) -> None:
+        while not self._stopped.wait(self.interval):
+            try:
+                self.refresh()
+            except Exception:  # a bug must not stop the refreshes: serve the last figures
+                log.exception("metrics refresh failed; serving the previous figures")
+
+    def _compute(self, now: float) -> Iterator[Any]:
+        client = redis_client()
         try:
             yield from self._redis_metrics(client, now)
         except redis.RedisError:

@@ -35,8 +35,15 @@ from producers.api import Producer, Receipt, task_for
 from sluice import keys
 from sluice.connections import texts
 from sluice.errors import InvalidPayload, InvalidWorkflow, NotFound, Rejected, UnknownTask
-from sluice.message import H_WORKFLOW, H_WORKFLOW_STEP, validate_payload
+from sluice.message import (
+    H_WORKFLOW,
+    H_WORKFLOW_STEP,
+    has_secrets,
+    mask_secrets,
+    validate_payload,
+)
 from sluice.priorities import Priority
+from sluice.sealed import can_seal, seal_secrets
 
 __all__ = ["Step", "StepRef", "StepState", "StepStatus", "Workflow", "WorkflowReceipt",
            "submit_workflow", "parse_steps", "check_steps", "merged_payload", "load",
@@ -217,6 +224,8 @@ def _step_problems(app: Celery, step: Step, number: int) -> list[str]:
     except UnknownTask as exc:
         return [str(exc)]
     problems = []
+    if has_secrets(model) and not can_seal():
+        problems.append("it has secret fields: set SLUICE_SECRET_KEY to seal them")
     if step.merge and number == 1:
         problems.append("merge: the first step has no step before it to merge")
     if isinstance(step.merge, tuple):
@@ -269,18 +278,30 @@ def _status(raw: str | None, number: int) -> StepStatus:
                       dead_letter=data.get("dead_letter"))
 
 
-def _create(client: redis.Redis, workflow_id: str, steps: Sequence[Step], origin: str,
-            now: float) -> bool:
-    """Store a new workflow; False if one with this id exists (with these steps)."""
-    spec = {"steps": [s.as_json() for s in steps], "origin": origin, "created_at": now}
+def _create(app: Celery, client: redis.Redis, workflow_id: str, steps: Sequence[Step],
+            origin: str, now: float) -> bool:
+    """Store a new workflow, its secret fields sealed as on a message; False if one with
+    this id exists (with these steps: InvalidWorkflow otherwise)."""
+    sealed = [replace(s, payload=seal_secrets(s.task, task_for(app, s.task).payload_model,
+                                              s.payload)) for s in steps]
+    spec = {"steps": [s.as_json() for s in sealed], "origin": origin, "created_at": now}
     key = keys.workflow(workflow_id)
     if client.hsetnx(key, "spec", json.dumps(spec, default=str)):
         client.expire(key, WORKFLOW_TTL_S)
         return True
-    existing = json.loads(texts(client.hgetall(key)).get("spec") or "{}")
-    if existing.get("steps") != json.loads(json.dumps(spec["steps"], default=str)):
+    existing, _ = parse_steps(json.loads(texts(client.hgetall(key)).get("spec") or "{}")
+                              .get("steps"))
+    if _masked(app, existing) != _masked(app, steps):
         raise InvalidWorkflow([f"workflow {workflow_id!r} exists with other steps"])
     return False
+
+
+def _masked(app: Celery, steps: Sequence[Step]) -> list[Any]:
+    """The steps as JSON, secrets masked: what two submissions of one workflow compare."""
+    masked: list[Any] = json.loads(json.dumps([
+        {**s.as_json(), "payload": mask_secrets(task_for(app, s.task).payload_model, s.payload)}
+        for s in steps], default=str))
+    return masked
 
 
 def mark_step(client: redis.Redis, ref: StepRef, state: StepState, now: float,
@@ -401,7 +422,7 @@ def submit_workflow(steps: Sequence[Step | Mapping[str, Any]], *,
     if problems:
         raise InvalidWorkflow(problems)
     now = time.time() if now is None else now
-    created = _create(client, workflow_id, parsed, origin, now)
+    created = _create(producer.app, client, workflow_id, parsed, origin, now)
     workflow = load(client, workflow_id)
     try:
         receipt = submit_step(producer, client, workflow, 1, None, now)
@@ -414,8 +435,6 @@ def submit_workflow(steps: Sequence[Step | Mapping[str, Any]], *,
 
 
 def _as_steps(steps: Sequence[Step | Mapping[str, Any]]) -> list[Step]:
-    if all(isinstance(s, Step) for s in steps):
-        return [replace(s) for s in steps if isinstance(s, Step)]
     parsed, problems = parse_steps([s.as_json() if isinstance(s, Step) else s for s in steps])
     if problems:
         raise InvalidWorkflow(problems)

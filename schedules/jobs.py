@@ -156,3 +156,6 @@ retry_dead_letters = app.task(name="schedules.retry_dead_letters", sluice_priori
                               **_OPTIONS)(_job("retry-dead-letters", run_retry))
 purge_dead_letters = app.task(name="schedules.purge_dead_letters", sluice_priority=Priority.LOW,
                               **_OPTIONS)(_job("purge-dead-letters", run_purge))
+
+# the application schedules' beat entry (`SLUICE_SCHEDULES_FILE`): registered with the jobs
+from schedules import trigger as _trigger  # noqa: E402,F401

@@ -20,7 +20,8 @@ from sluice.settings import Settings, get_settings
 
 __all__ = ["app", "create_app", "TASK_MODULES", "WORKER_TRANSPORT"]
 
-#: Modules that define tasks; a worker imports them all so it registers every task.
+#: Modules a worker (and Flower, however it is started) imports: the tasks, the signal
+#: adapter, and `ops.flowerconfig`, which locks Flower's doors only in a Flower process.
 TASK_MODULES: tuple[str, ...] = (
     "workers.tasks.audit",
     "workers.tasks.auth",
@@ -33,6 +34,7 @@ TASK_MODULES: tuple[str, ...] = (
     "workers.tasks.demo",
     "workers.signals",
     "schedules.jobs",
+    "ops.flowerconfig",
 )
 
 

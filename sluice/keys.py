@@ -157,3 +157,7 @@ def parse_tenant_field(field: str) -> tuple[str, str, bool]:
     """(priority name, tenant, offered?) of a `tenant_window` field."""
     kind, priority, tenant = field.split(":", 2)
     return priority, tenant, kind == "o"
+
+
+#: set (with a TTL) while a Flower runs: then the send script also publishes `task-sent`
+MONITOR_KEY = PREFIX + "monitor:task-sent"

@@ -53,6 +53,10 @@ class DeadLetterRecord:
     #: 0 for the original job, n for its n-th replay: with `attempts`, orders failures of
     #: one job without trusting the clocks of the hosts that report them
     generation: int = 0
+    #: whose job it was (None: not recorded)
+    tenant: str | None = None
+    #: on a workflow step: `{"id": <workflow id>, "step": <index>}`; a replay resumes it
+    workflow: dict[str, Any] | None = None
 
     def to_json(self) -> str:
         """Serialize for the spool (JSON: never pickle)."""

@@ -29,7 +29,7 @@ def test_tasks_lists_every_task_with_priority_and_schema(sluice_env: Env) -> Non
     tasks = {t["name"]: t for t in json.loads(out.stdout)}
     assert set(tasks) == {"audit.record", "auth.event", "email.send", "report.generate",
                           "data.sync", "export.csv", "analytics.track", "cleanup.run",
-                          "demo.flaky"}
+                          "demo.flaky", "workflow.advance"}
     assert tasks["auth.event"]["priority"] == "CRITICAL"
     assert set(tasks["demo.flaky"]["schema"]["properties"]) == {"fail_times", "permanent",
                                                                 "sleep_s"}

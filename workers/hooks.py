@@ -21,7 +21,8 @@ from sluice import keys
 from sluice.connections import redis_client
 from sluice.settings import get_settings
 
-__all__ = ["HookEvent", "TaskDetail", "WorkerDetail", "subscribe", "emit", "HOOKS", "forget"]
+__all__ = ["HookEvent", "TaskDetail", "ResultDetail", "WorkerDetail", "subscribe", "emit",
+           "HOOKS", "forget"]
 
 log = logging.getLogger("sluice.worker")
 
@@ -30,6 +31,7 @@ class HookEvent(enum.StrEnum):
     """What can happen around a job or a worker (subscribe to one of these)."""
 
     STARTED = "started"  #: a job starts running
+    SUCCEEDED = "succeeded"  #: a job returned (before its ack): `ResultDetail`
     RETRIED = "retried"  #: a job failed and will be retried
     EXPIRED = "expired"  #: a job was not started by its deadline: dropped
     REVOKED = "revoked"  #: a job was revoked before it started
@@ -51,6 +53,19 @@ class TaskDetail:
     task_name: str
     priority: str | None = None
     submitted_at: float | None = None
+    at: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class ResultDetail:
+    """A job that returned (`succeeded`): what it returned, and the request it ran with
+    (its message headers are attributes of the request, as `sluice_key`)."""
+
+    event: HookEvent
+    task_id: str
+    task_name: str
+    result: Any
+    request: Any
     at: float = 0.0
 
 
@@ -180,3 +195,6 @@ def clear_state(detail: WorkerDetail) -> None:
     redis_client().delete(keys.worker_state(detail.hostname), keys.alive(detail.hostname))
 
 
+# A workflow step that succeeds submits the next one; registers the `workflow.advance` task
+# wherever hooks are loaded (every worker). Last: it subscribes to the list above.
+from workers import workflow as _workflow  # noqa: E402,F401

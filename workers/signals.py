@@ -10,7 +10,7 @@ from typing import Any
 
 from celery import signals
 
-from workers.hooks import HookEvent, TaskDetail, WorkerDetail, emit
+from workers.hooks import HookEvent, ResultDetail, TaskDetail, WorkerDetail, emit
 
 __all__: list[str] = []
 
@@ -27,6 +27,14 @@ def _task_detail(event: HookEvent, task: Any, task_id: str | None) -> TaskDetail
 def _on_prerun(sender: Any = None, task_id: str | None = None, task: Any = None,
                **_: Any) -> None:
     emit(HookEvent.STARTED, _task_detail(HookEvent.STARTED, task, task_id))
+
+
+@signals.task_success.connect
+def _on_success(sender: Any = None, result: Any = None, **_: Any) -> None:
+    request = getattr(sender, "request", None)
+    emit(HookEvent.SUCCEEDED, ResultDetail(HookEvent.SUCCEEDED, getattr(request, "id", "") or "",
+                                           getattr(sender, "name", "?"), result, request,
+                                           time.time()))
 
 
 @signals.task_retry.connect

@@ -10,7 +10,7 @@ import time
 import typer
 
 from ops.cli.app import JSON, app, db_app, schedule_app
-from ops.cli.output import FAILURE, USAGE, console, emit, fail
+from ops.cli.output import FAILURE, USAGE, console, emit, err, fail
 
 # -- database, schedules, metrics ------------------------------------------------------------
 
@@ -39,11 +39,17 @@ def db_current() -> None:
 def schedule_ls(as_json: bool = JSON) -> None:
     """Each beat job and application schedule: when, next run, runs, sheds, last run and
     last outcome (accepted, shed or duplicate for a schedule), from what ran."""
+    from schedules.definitions import read_schedules
     from schedules.status import schedule_rows
+    from sluice.settings import get_settings
 
     emit(schedule_rows(time.time()), as_json,
          ["job", "kind", "schedule", "next_run", "runs", "sheds", "last_run", "last_outcome"],
          "schedules")
+    path = get_settings().schedules_file
+    if path is not None and read_schedules(path)[1]:
+        err.print(f"warning: {path} has problems (beat refuses it): run `sluice schedule "
+                  "check`", highlight=False, markup=False)
 
 
 @schedule_app.command("run")
