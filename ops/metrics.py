@@ -40,6 +40,10 @@ log = logging.getLogger("sluice.metrics")
 REFRESH_S = 5.0
 
 
+#: tenants named in the metrics per priority; the others are summed as `(others)`
+TOP_TENANTS = 10
+
+
 def oldest_age(client: redis.Redis, queue: str, now: float) -> float:
     """Seconds the oldest waiting job of `queue` has waited (0 when empty).
 
@@ -123,6 +127,7 @@ class SluiceCollector(Collector):
                 fam.add_metric([text(name)], int(n))
             yield fam
         yield from self._deadline_metrics(client)
+        yield from self._tenant_metrics(client, now)
         stuck = GaugeMetricFamily("sluice_stuck_jobs", "Jobs reserved too long",
                                   labels=["kind"])
         for kind, n in texts(client.hgetall(keys.STUCK)).items():
@@ -144,6 +149,29 @@ class SluiceCollector(Collector):
             if name.startswith("wait:"):
                 waits.add_metric([name.removeprefix("wait:")], float(value))
         yield waits
+
+    def _tenant_metrics(self, client: redis.Redis, now: float) -> Iterator[Any]:
+        """Jobs/s offered and accepted per tenant and priority over the last seconds: the
+        busiest `TOP_TENANTS`, the rest as `(others)` (bounded label cardinality)."""
+        from producers.fairness import WINDOW_S, busiest
+        from producers.monitor import tenant_rates
+
+        window = int(now // WINDOW_S)
+        rates = tenant_rates(texts(client.hgetall(keys.tenant_window(window - 1))),
+                             texts(client.hgetall(keys.tenant_window(window))),
+                             now - window * WINDOW_S)
+        offered = GaugeMetricFamily("sluice_tenant_offered_per_second",
+                                    "Submissions per second by tenant (top tenants)",
+                                    labels=["priority", "tenant"])
+        accepted = GaugeMetricFamily("sluice_tenant_accepted_per_second",
+                                     "Accepted submissions per second by tenant (top tenants)",
+                                     labels=["priority", "tenant"])
+        for priority, per_tenant in rates.items():
+            for tenant, n_offered, n_accepted in busiest(per_tenant, TOP_TENANTS):
+                offered.add_metric([priority, tenant], round(n_offered, 3))
+                accepted.add_metric([priority, tenant], round(n_accepted, 3))
+        yield offered
+        yield accepted
 
     def _level(self, client: redis.Redis, depth: int) -> GaugeMetricFamily:
         state = client.hgetall(keys.PRESSURE_STATE)

@@ -19,7 +19,10 @@ from producers.pressure import Decision
 from sluice.priorities import PressureLevel, Priority
 
 __all__ = ["TENANT_QUOTA", "WINDOW_S", "TenantRates", "fair_shares", "available_rate",
-           "under_pressure", "tenant_quota"]
+           "under_pressure", "tenant_quota", "busiest", "OTHERS"]
+
+#: what `busiest` calls the tenants beyond the top N (a bounded label set for metrics)
+OTHERS = "(others)"
 
 TENANT_QUOTA = "TENANT_QUOTA"
 #: the tenant counters are kept per window of this many seconds (the current and the last
@@ -94,3 +97,15 @@ def tenant_quota(tenant: str, rates: TenantRates, available: float | None,
     # when its rate over the window would be back at its share
     retry = WINDOW_S * (accepted - share) / accepted if math.isfinite(accepted) else WINDOW_S
     return Decision(allowed=False, reason=TENANT_QUOTA, retry_after_s=round(max(1.0, retry), 1))
+
+
+def busiest(rates: TenantRates, n: int) -> list[tuple[str, float, float]]:
+    """(tenant, offered, accepted) jobs/s for the `n` tenants offering the most, and the
+    rest summed as `OTHERS`: a view whose size does not grow with the number of tenants."""
+    ranked = sorted(rates.offered, key=lambda t: (-rates.offered[t], t))
+    rows = [(t, rates.offered[t], rates.accepted.get(t, 0.0)) for t in ranked[:n]]
+    rest = ranked[n:]
+    if rest:
+        rows.append((OTHERS, sum(rates.offered[t] for t in rest),
+                     sum(rates.accepted.get(t, 0.0) for t in rest)))
+    return rows

@@ -292,7 +292,7 @@ class PressureMonitor:
             switches=texts(replies[2 * n]),
             started=int(replies[2 * n + 1] or 0),
             sent=_sent_by_priority(submitted),
-            tenants=_tenant_rates(texts(replies[2 * n + 3]), texts(replies[current]),
+            tenants=tenant_rates(texts(replies[2 * n + 3]), texts(replies[current]),
                                   now - window * WINDOW_S))
 
     def _state_fields(self) -> dict[str, str | float | int]:
@@ -381,7 +381,7 @@ def _sent_by_priority(counters: Mapping[str, int]) -> dict[str, int]:
     return dict(sent)
 
 
-def _tenant_rates(last: dict[str, str], current: dict[str, str],
+def tenant_rates(last: dict[str, str], current: dict[str, str],
                   into_current_s: float) -> dict[str, TenantRates]:
     """Per priority, jobs/s per tenant over the last window and the current one so far."""
     span = WINDOW_S + max(into_current_s, 0.0)

@@ -7,9 +7,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from producers.fairness import (
+    OTHERS,
     TENANT_QUOTA,
     TenantRates,
     available_rate,
+    busiest,
     fair_shares,
     tenant_quota,
     under_pressure,
@@ -89,3 +91,11 @@ def test_what_a_priority_can_take_is_the_drain_less_the_higher_priorities() -> N
     assert available_rate(100.0, arrivals, P.LOW) == 10.0
     assert available_rate(20.0, arrivals, P.LOW) == 0.0
     assert available_rate(None, arrivals, P.LOW) is None
+
+
+def test_the_busiest_view_is_bounded_however_many_tenants_there_are() -> None:
+    rates = TenantRates(offered={f"t{i}": float(i) for i in range(100)},
+                        accepted={f"t{i}": 1.0 for i in range(100)})
+    rows = busiest(rates, 3)
+    assert [t for t, _, _ in rows] == ["t99", "t98", "t97", OTHERS]
+    assert rows[-1][1] == sum(range(97)) and rows[-1][2] == 97.0

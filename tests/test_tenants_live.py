@@ -9,11 +9,13 @@ import time
 
 import pytest
 
+from ops.metrics import SluiceCollector
 from producers import Rejected, default_producer, submit, submit_many
 from producers.killswitch import turn_on
 from sluice.settings import get_settings
 from tests.conftest import Env, Processes
 from tests.services import wait_for
+from tests.test_metrics import _scrape
 from workers import effects
 
 JOB = {"sleep_s": 0.05}  # demo.flaky: ~15 jobs/s on one worker slot
@@ -65,3 +67,6 @@ def test_the_tenant_travels_and_a_tenant_kill_switch_stops_only_that_tenant(
     rows = _pressure_rows()["tenants"]["NORMAL"]
     assert {r["tenant"] for r in rows} >= {"acme", "other"}
     assert next(r for r in rows if r["tenant"] == "other")["accepted_per_s"] > 0
+    text = _scrape(SluiceCollector(background=False))
+    assert 'sluice_tenant_accepted_per_second{priority="NORMAL",tenant="other"}' in text
+    assert 'sluice_tenant_accepted_per_second{priority="NORMAL",tenant="acme"} 0.0' in text

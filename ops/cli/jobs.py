@@ -92,15 +92,13 @@ TOP_TENANTS = 10
 
 def _tenant_rows(tenants: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
     """Per priority, the busiest tenants of the last seconds: jobs/s offered, accepted, shed."""
-    out = {}
-    for priority, rates in tenants.items():
-        busiest = sorted(rates.offered, key=lambda t: -rates.offered[t])[:TOP_TENANTS]
-        out[priority] = [{"tenant": t, "offered_per_s": round(rates.offered[t], 2),
-                          "accepted_per_s": round(rates.accepted.get(t, 0.0), 2),
-                          "shed_per_s": round(max(0.0, rates.offered[t]
-                                                  - rates.accepted.get(t, 0.0)), 2)}
-                         for t in busiest]
-    return out
+    from producers.fairness import busiest
+
+    return {priority: [{"tenant": t, "offered_per_s": round(offered, 2),
+                        "accepted_per_s": round(accepted, 2),
+                        "shed_per_s": round(max(0.0, offered - accepted), 2)}
+                       for t, offered, accepted in busiest(rates, TOP_TENANTS)]
+            for priority, rates in tenants.items()}
 
 
 @app.command()
