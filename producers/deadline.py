@@ -38,14 +38,17 @@ class Drain:
 def drain_after(previous: Drain, started: int, waiting: int, now: float,
                 half_life_s: float = 2.0) -> Drain:
     """The drain after a tick that saw `started` job starts since `previous.at`, with
-    `waiting` jobs queued. A tick with nothing waiting says nothing about capacity (the
-    starts then follow arrivals) and keeps the old rate; the first tick only sets the clock;
-    the rate stays unknown until a first start is seen (then it can decay to 0 when workers
-    stop: a rate of 0 is measured, never assumed)."""
+    `waiting` jobs queued. With nothing waiting the starts follow arrivals, not capacity:
+    they can only raise the rate (capacity is at least that), which gives a cold start a
+    floor to predict with; the first tick only sets the clock; the rate stays unknown until
+    a first start is seen (then it can decay to 0 when workers stop: a rate of 0 is
+    measured, never assumed)."""
     if previous.at is None or now <= previous.at:
         return Drain(rate=previous.rate, at=now)
-    if waiting == 0:  # starts with an empty queue measure arrivals, not capacity
-        return Drain(rate=previous.rate, at=now)
+    if waiting == 0:  # starts with an empty queue measure arrivals: a floor for capacity
+        if not started:
+            return Drain(rate=previous.rate, at=now)
+        return Drain(rate=max(previous.rate or 0.0, started / (now - previous.at)), at=now)
     if previous.rate is None and not started:  # no evidence of capacity, or of its lack
         return Drain(rate=None, at=now)
     return Drain(rate=smooth(previous.rate, started, now - previous.at, half_life_s), at=now)

@@ -86,8 +86,8 @@ def tenant_quota(tenant: str, rates: TenantRates, available: float | None,
                  weights: Mapping[str, float] | None = None) -> Decision | None:
     """`TENANT_QUOTA` when `tenant` is over its fair share of `available` jobs/s; None when
     it may go on (under its share, or nothing measured yet). Call it under pressure only."""
-    if available is None:
-        return None
+    if available is None or not set(rates.offered) - {tenant}:
+        return None  # nothing measured, or nobody else to be fair to: the deadline decides
     demands = dict(rates.offered)
     demands[tenant] = max(demands.get(tenant, 0.0), rates.accepted.get(tenant, 0.0), 1e-6)
     share = fair_shares(available * TARGET, demands, weights)[tenant]

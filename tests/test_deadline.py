@@ -38,6 +38,8 @@ def test_the_drain_follows_the_starts_and_ignores_idle_ticks() -> None:
     assert d.rate == 100.0
     idle = drain_after(d, started=3, waiting=0, now=10.0)  # a trickle, not the capacity
     assert idle.rate == 100.0 and idle.at == 10.0
+    cold = drain_after(Drain(at=0.0), started=2, waiting=0, now=0.5)  # but at least that
+    assert cold.rate == 4.0
     slower = d
     for step in range(1, 40):  # capacity halves: the rate follows within a few seconds
         slower = drain_after(slower, started=25, waiting=100, now=0.5 + step * 0.5)

@@ -74,6 +74,8 @@ def test_a_tenant_over_its_share_is_shed_with_a_retry_after() -> None:
 def test_a_newcomer_is_welcome_even_if_the_counters_have_not_seen_it() -> None:
     rates = TenantRates(offered={"noisy": 800.0}, accepted={"noisy": 99.0})
     assert tenant_quota("new", rates, available=100.0) is None
+    assert tenant_quota("noisy", rates, available=100.0) is None  # alone, so far
+    rates.offered["new"] = 0.5  # the next tick has seen the newcomer
     assert tenant_quota("noisy", rates, available=100.0) is not None
 
 
@@ -99,3 +101,8 @@ def test_the_busiest_view_is_bounded_however_many_tenants_there_are() -> None:
     rows = busiest(rates, 3)
     assert [t for t, _, _ in rows] == ["t99", "t98", "t97", OTHERS]
     assert rows[-1][1] == sum(range(97)) and rows[-1][2] == 97.0
+
+
+def test_a_lone_tenant_is_never_held_to_a_quota() -> None:
+    rates = TenantRates(offered={"default": 800.0}, accepted={"default": 500.0})
+    assert tenant_quota("default", rates, available=100.0) is None
