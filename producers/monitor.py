@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import redis
 
 from producers.deadline import Drain, drain_after, predicted_wait, smooth
-from producers.fairness import WINDOW_S, TenantRates, available_rate
+from producers.fairness import WINDOW_S, TenantRates, available_rate, busiest
 from producers.pressure import LevelState, Thresholds, level_for
 from sluice import keys
 from sluice.connections import hash_fields, texts
@@ -34,6 +34,8 @@ log = logging.getLogger("sluice.pressure")
 
 #: seconds after an outage during which the drain rate is not lowered (workers reconnect)
 RECONNECT_GRACE_S = 10.0
+#: tenants named per priority in a `pressure_change` event (the busiest)
+EVENT_TENANTS = 5
 #: the shortest span a rate is measured over (a burst right after a tick is not 1000/s)
 MIN_RATE_SPAN_S = 0.25
 
@@ -48,11 +50,16 @@ class PressureEvent:
     at: float
     drain_rate: float | None = None
     waits: dict[str, float] = field(default_factory=dict)  #: predicted wait per priority
+    #: per priority name, the busiest tenants: [tenant, offered/s, accepted/s]
+    tenants: dict[str, list[tuple[str, float, float]]] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps({"event": "pressure_change", "old": self.old.name,
                            "new": self.new.name, "depth": self.depth, "at": self.at,
-                           "drain_rate": self.drain_rate, "predicted_wait_s": self.waits})
+                           "drain_rate": self.drain_rate, "predicted_wait_s": self.waits,
+                           "tenants": {p: [{"tenant": t, "offered_per_s": round(o, 2),
+                                            "accepted_per_s": round(a, 2)} for t, o, a in rows]
+                                       for p, rows in self.tenants.items()}})
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,8 +200,10 @@ class PressureMonitor:
             old = self.snapshot.level
             snap = self._tick(self.clock() if now is None else now)
         if snap.level is not old:  # outside the lock: a slow subscriber delays no sample
-            self._emit(PressureEvent(old, snap.level, snap.depth, snap.at, snap.drain.rate,
-                                     {p.name: min(snap.wait_for(p), 1e9) for p in Priority}))
+            self._emit(PressureEvent(
+                old, snap.level, snap.depth, snap.at, snap.drain.rate,
+                {p.name: min(snap.wait_for(p), 1e9) for p in Priority},
+                {p: busiest(rates, EVENT_TENANTS) for p, rates in snap.tenants.items()}))
         return snap
 
     def _tick(self, now: float) -> Snapshot:

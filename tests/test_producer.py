@@ -225,11 +225,13 @@ def test_pressure_change_is_published(sluice_env: Env) -> None:
     wait_for(lambda: pubsub.get_message(timeout=0.1), what="subscribe confirmation")
     seen: list[object] = []
     producer.monitor.hooks.append(seen.append)
+    submit("email.send", EMAIL, tenant="acme")  # in the event's busiest tenants
     _fill(sluice_env, 1200)
     msg = wait_for(lambda: pubsub.get_message(timeout=0.1), what="pressure_change message")
     event = json.loads(msg["data"])
     assert event["event"] == "pressure_change" and event["new"] == "CRITICAL"
     assert event["old"] == "NORMAL" and event["depth"] >= 1000 and event["at"] > 0
+    assert event["tenants"]["HIGH"][0]["tenant"] == "acme" and "predicted_wait_s" in event
     wait_for(lambda: seen, what="hook called")
     assert seen[0].new is PressureLevel.CRITICAL  # type: ignore[attr-defined]
     pubsub.close()
