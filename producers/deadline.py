@@ -18,13 +18,18 @@ from dataclasses import dataclass
 from producers.pressure import Decision, decide
 from sluice.priorities import PressureLevel, Priority
 
-__all__ = ["Drain", "drain_after", "smooth", "predicted_wait", "admit", "DEADLINE", "HEADROOM"]
+__all__ = ["Drain", "drain_after", "smooth", "predicted_wait", "admit", "DEADLINE", "HEADROOM",
+           "OVERTAKE_MARGIN"]
 
 DEADLINE = "DEADLINE"
 #: a job is admitted when its predicted wait fits in this fraction of its deadline: the
 #: prediction is an estimate (the overload bench saw actual/predicted spread around 1), and a
 #: job admitted at the very edge of its deadline is late half the time
 HEADROOM = 0.8
+#: higher priorities' arrival rates count this much more: they are smoothed averages, and
+#: when they take nearly all the capacity (the gate fills it with HIGH under overload) what
+#: is left for a lower priority is noise around zero. Jobs admitted on that noise starved.
+OVERTAKE_MARGIN = 1.25
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -70,13 +75,13 @@ def predicted_wait(depths: Mapping[str, int], priority: Priority, rate: float | 
     """Seconds until a job of `priority` submitted now starts: the jobs queued at its
     priority and above (strict order: they all start first), divided by what the drain
     rate leaves once the jobs still arriving at higher priorities (`arrivals`, jobs/s per
-    priority name) have taken their share: those overtake it too. Unknown rate: 0 (no
+    priority name, with `OVERTAKE_MARGIN`) have taken their share: those overtake it too. Unknown rate: 0 (no
     evidence to refuse on); nothing left for it with work ahead: infinite."""
     ahead = sum(depths.get(p.queue, 0) for p in Priority if p <= priority)
     if ahead == 0 or rate is None:
         return 0.0
     overtaking = sum((arrivals or {}).get(p.name, 0.0) for p in Priority if p < priority)
-    left = rate - overtaking
+    left = rate - OVERTAKE_MARGIN * overtaking
     if left <= 0:
         return math.inf
     return ahead / left

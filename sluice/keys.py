@@ -161,3 +161,6 @@ def parse_tenant_field(field: str) -> tuple[str, str, bool]:
 
 #: set (with a TTL) while a Flower runs: then the send script also publishes `task-sent`
 MONITOR_KEY = PREFIX + "monitor:task-sent"
+
+#: list of the server's audited operator actions, newest first, trimmed
+SERVER_AUDIT = PREFIX + "server:audit"

@@ -161,3 +161,24 @@ class CeleryProcess:
 
     def output(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+def chromium(tmp: Path, width: int = 1400, height: int = 1000) -> Any:
+    """Debian's Chromium, headless, driven by Selenium (`make system-deps` installs it with
+    its driver). Fails, never skips, when they are missing: CI installs them."""
+    import shutil
+
+    import pytest
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    browser, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (browser and driver):
+        pytest.fail("Chromium and chromedriver are needed: `make system-deps` installs them "
+                    "(apt-get install chromium chromium-driver)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = browser
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                f"--window-size={width},{height}", f"--user-data-dir={tmp / 'chromium'}"):
+        options.add_argument(arg)
+    return webdriver.Chrome(options=options, service=Service(driver))

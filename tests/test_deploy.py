@@ -70,7 +70,7 @@ def _procfile_argv(command: str) -> list[str]:
 def test_compose_and_procfile_run_the_same_processes() -> None:
     services = compose()["services"]
     assert set(services) == {"redis", "postgres", "migrate", "worker", "worker-critical",
-                             "beat", "flower", "metrics"}
+                             "beat", "flower", "metrics", "server"}
     assert procfile()["redis"] == "sluice redis"  # no redis-server needed on PATH
     for name, command in procfile().items():
         if name == "redis":
@@ -336,12 +336,13 @@ def test_make_up_runs_the_stack_from_a_plain_shell_and_stops_it_all(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Issue 18: a fresh database, no venv on PATH, no redis-server needed: `make up` migrates,
     starts every Procfile process on the ports given, a submitted job runs, Ctrl-C stops all."""
-    ports = {name: free_port() for name in ("redis", "metrics", "flower")}
+    ports = {name: free_port() for name in ("redis", "metrics", "flower", "server")}
     data = tmp_path / "data"
     env = _plain_env(SLUICE_REDIS_URL=f"redis://127.0.0.1:{ports['redis']}/0",
                      SLUICE_DATABASE_URL=f"sqlite:///{tmp_path / 'sluice.db'}",  # no schema
                      SLUICE_DATA_DIR=str(data), SLUICE_SPOOL_PATH=str(tmp_path / "spool.jsonl"),
-                     SLUICE_METRICS_PORT=str(ports["metrics"]), FLOWER_PORT=str(ports["flower"]))
+                     SLUICE_METRICS_PORT=str(ports["metrics"]), FLOWER_PORT=str(ports["flower"]),
+                     SLUICE_SERVER_PORT=str(ports["server"]))
     client = redis.Redis(port=ports["redis"], socket_timeout=5)
     host = socket.gethostname()
     log = tmp_path / "up.log"
@@ -369,6 +370,9 @@ def test_make_up_runs_the_stack_from_a_plain_shell_and_stops_it_all(
                  what="flower on FLOWER_PORT")
         wait_for(lambda: _get(f"http://127.0.0.1:{ports['metrics']}/metrics") == 200,
                  timeout=30, what="metrics on SLUICE_METRICS_PORT")
+        wait_for(lambda: _get(f"http://127.0.0.1:{ports['server']}/health") == 200,
+                 timeout=30, what="sluice server on SLUICE_SERVER_PORT")
+        assert (data / "api-tokens.json").stat().st_mode & 0o077 == 0  # its local token
 
         out = subprocess.run([str(VENV_BIN / "sluice"), "submit", "audit.record", "-p",
                               '{"actor":"a","action":"b"}', "--json"], env=env, cwd=tmp_path,
@@ -398,7 +402,8 @@ def test_make_up_runs_the_stack_from_a_plain_shell_and_stops_it_all(
         assert "stopped (rc=" not in log.read_text(errors="replace"), output()
         seen.update(_descendants(make.pid))
         running = " | ".join(_cmdline(pid) for pid in _alive(seen))
-        for what in ("honcho start", "redis-server", "worker", "beat", "flower", "metrics"):
+        for what in ("honcho start", "redis-server", "worker", "beat", "flower", "metrics",
+                     "server"):
             assert what in running, running
 
         os.killpg(make.pid, signal.SIGINT)  # Ctrl-C in the terminal that ran `make up`

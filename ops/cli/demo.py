@@ -1,15 +1,18 @@
 """`sluice demo`: priority shedding, end to end, on an embedded Redis and a SQLite store.
 
-Starts a Redis, a worker pool, beat and Flower; offers a burst at about five times the
+Starts a Redis, a worker pool, beat, Flower and `sluice server` (its console URL and a fresh
+operator token are printed as soon as it answers); offers a burst at about five times the
 workers' capacity with a mix of priorities (10% CRITICAL, 20% HIGH, 30% NORMAL, 40% LOW) and
 a few jobs that fail into the dead-letter store; shows depth, level and accepted / delayed /
-shed per priority live; then prints a summary and stops everything it started.
+shed per priority live; then prints a summary and stops everything it started (in a
+terminal, after Ctrl-C: the console and Flower stay up to be looked at).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -22,9 +25,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cryptography.fernet import Fernet
+
 from ops import processes
 from ops.cli.output import console, table
 from ops.embedded import EmbeddedRedis, free_port
+from ops.state import reset_process_state
 from sluice.priorities import PressureLevel, Priority
 
 __all__ = ["run_demo"]
@@ -32,9 +38,14 @@ __all__ = ["run_demo"]
 MIX = {Priority.CRITICAL: 0.10, Priority.HIGH: 0.20, Priority.NORMAL: 0.30, Priority.LOW: 0.40}
 JOB_S = 0.02  # each demo job's work
 FACTOR = 5.0  # offered load / capacity
-DEMO_SETTINGS = {"PRESSURE_WARNING": "100", "PRESSURE_CRITICAL": "200", "PRESSURE_SHED": "400",
-                 "PRESSURE_DWELL": "1.0", "PRESSURE_INTERVAL": "0.2", "RECORD_WAITS": "1",
-                 "DRAIN_SECONDS": "5", "RETRY_BACKOFF_BASE": "1", "RECONCILE_INTERVAL": "5"}
+#: the depth table, in seconds of this machine's measured capacity (`_calibrate`): the burst
+#: reaches SHED on a fast machine as on a loaded one
+LEVELS_S = {"PRESSURE_WARNING": 0.5, "PRESSURE_CRITICAL": 1.0, "PRESSURE_SHED": 2.0}
+DEMO_SETTINGS = {"PRESSURE_DWELL": "1.0", "PRESSURE_INTERVAL": "0.2", "RECORD_WAITS": "1",
+                 "DRAIN_SECONDS": "5", "RETRY_BACKOFF_BASE": "1", "RECONCILE_INTERVAL": "5",
+                 # HIGH may wait 30 s (not 10): enough backlog forms in a 20 s burst for the
+                 # depth table to reach SHED; NORMAL and LOW are refused for their deadlines
+                 "MAX_WAIT_HIGH": "30"}
 
 
 @dataclass
@@ -64,6 +75,12 @@ class Stack:
         self.procs.append(proc)
         return proc
 
+    def spawn(self, name: str, argv: list[str], **extra: str) -> subprocess.Popen[bytes]:
+        """A process that is not Celery's (the server), with `extra` in its environment."""
+        proc = processes.spawn(argv, self.env | extra, self.root / f"{name}.log")
+        self.procs.append(proc)
+        return proc
+
     def stop(self, timeout: float = 20.0) -> None:
         for proc in reversed(self.procs):
             if proc.poll() is None:
@@ -83,6 +100,9 @@ def _environment(root: Path, redis_url: str) -> dict[str, str]:
                 "SLUICE_DATA_DIR": str(root / "data"),
                 "SLUICE_SPOOL_PATH": str(root / "spool.jsonl"),
                 "REMAP_SIGTERM": "SIGQUIT", "PYTHONUNBUFFERED": "1",
+                # a key of its own for the run: tasks with secret fields need one
+                "SLUICE_SECRET_KEY": os.environ.get("SLUICE_SECRET_KEY")
+                or Fernet.generate_key().decode(),
                 # the demo's Flower listens on 127.0.0.1 only: let its API answer there
                 "FLOWER_UNAUTHENTICATED_API": "true"})
     return env
@@ -148,6 +168,24 @@ def _summary(client: Any, tally: Tally) -> list[dict[str, Any]]:
     return rows
 
 
+def _calibrate(client: Any, concurrency: int) -> float:
+    """Jobs/s this machine's demo worker starts, measured on a short preloaded batch (the
+    burst is a multiple of it, the levels are seconds of it): a loaded machine gets a
+    smaller burst, not a different show."""
+    from producers import default_producer, reset_default_producer
+    from sluice import keys
+
+    n = 40 * concurrency
+    before = int(client.get(keys.STARTED) or 0)
+    started = time.monotonic()
+    default_producer().submit_many("demo.flaky", [{"sleep_s": JOB_S}] * n, priority="LOW")
+    _wait(lambda: int(client.get(keys.STARTED) or 0) - before >= n, 60, "calibration batch")
+    reset_default_producer()
+    client.delete(*(keys.waits(p.name) for p in Priority))  # the summary counts the burst
+    nominal = concurrency / JOB_S
+    return min(nominal, n / (time.monotonic() - started))
+
+
 def run_demo(duration: float = 30.0, plot: str | None = None, concurrency: int = 2,
              as_json: bool = False) -> int:
     """Run the showcase for about `duration` seconds; returns the exit code."""
@@ -160,6 +198,8 @@ def run_demo(duration: float = 30.0, plot: str | None = None, concurrency: int =
         os.environ.update({k: v for k, v in env.items() if k.startswith("SLUICE_")})
         stack = Stack(root, env)
         result = _run(root, stack, env, duration, concurrency, plot, as_json)
+        if not as_json and console.is_terminal:
+            _hold()
         return 0 if result else 1
     except KeyboardInterrupt:
         console.print("[yellow]interrupted: stopping everything[/yellow]")
@@ -186,16 +226,25 @@ def _run(root: Path, stack: Stack, env: dict[str, str], duration: float, concurr
     flower_port = free_port()
     stack.start("worker", "worker", "-Q", "critical,high,normal,low", "-c", str(concurrency),
                 "-n", "demo@localhost", "-l", "info", "--without-mingle", "--without-gossip")
-    stack.start("beat", "beat", "-l", "info", "-s", str(root / "beat-schedule"))
-    stack.start("flower", "flower", "--address=127.0.0.1", f"--port={flower_port}")
     client = redis_client()
     _wait(lambda: client.get(keys.worker_state("demo@localhost")) == b"ready", 60, "worker")
+    capacity = _calibrate(client, concurrency)
+    levels = {k: str(max(10, round(v * capacity))) for k, v in LEVELS_S.items()}
+    stack.env.update({f"SLUICE_{k}": v for k, v in levels.items()})
+    os.environ.update({f"SLUICE_{k}": v for k, v in levels.items()})
+    reset_process_state()  # the producers below read the thresholds just set
+    stack.start("beat", "beat", "-l", "info", "-s", str(root / "beat-schedule"))
+    stack.start("flower", "flower", "--address=127.0.0.1", f"--port={flower_port}")
+    server_url, token = _start_server(stack, flower_port)
     if not as_json:  # now, while it runs: afterwards Flower is gone
         console.print(f"Flower: http://127.0.0.1:{flower_port} (its API too: loopback only, "
                       "no credentials in the demo)")
+    _wait(lambda: _answers(f"{server_url}/health"), 60, "sluice server")
+    if not as_json:
+        console.print(f"Console: {server_url}/console/  operator token: {token}  "
+                      f"(API docs: {server_url}/docs)", highlight=False, soft_wrap=True)
     producer = default_producer()
     producer.start()
-    capacity = concurrency / JOB_S
     tally, stop, timeline = Tally(), threading.Event(), []
     t0 = time.monotonic()
     burst_end = t0 + duration * 0.45
@@ -230,12 +279,41 @@ def _run(root: Path, stack: Stack, env: dict[str, str], duration: float, concurr
           and rows[0]["offered"] == rows[0]["accepted"])
     report = {"priorities": rows, "reached_levels": sorted(l.name for l in reached),
               "final_level": final_level.name, "flower_url": f"http://127.0.0.1:{flower_port}",
+              "server_url": server_url,
               "capacity_jobs_per_s": capacity, "factor": FACTOR, "pids": stack.pids(), "ok": ok}
     if plot:
         _plot(timeline, plot)
         report["plot"] = plot
     _print_report(report, as_json)
     return ok
+
+
+def _start_server(stack: Stack, flower_port: int) -> tuple[str, str]:
+    """`sluice server` on a free loopback port with one fresh operator token (the demo's
+    only: it is printed, and forgotten when the demo ends). Returns (URL, token)."""
+    port, token = free_port(), secrets.token_urlsafe(24)
+    stack.spawn("server", [sys.executable, "-c", "from ops.cli import main; main()", "server",
+                           "--host", "127.0.0.1", "--port", str(port), "--no-access-log"],
+                SLUICE_API_TOKENS=json.dumps({token: {"role": "operator", "name": "demo"}}),
+                SLUICE_SERVER_FLOWER_URL=f"http://127.0.0.1:{flower_port}")
+    return f"http://127.0.0.1:{port}", token
+
+
+def _answers(url: str) -> bool:
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=2) as resp:
+        return bool(resp.status == 200)
+
+
+def _hold() -> None:
+    """In a terminal, keep every process up (the console, Flower) until Ctrl-C."""
+    console.print("The console and Flower stay up: Ctrl-C stops everything.")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
 
 
 def snap_depths(client: Any) -> list[int]:
@@ -274,7 +352,8 @@ def _print_report(report: dict[str, Any], as_json: bool) -> None:
                                                "dead_letters"], "summary"))
     console.print(f"levels reached: {', '.join(report['reached_levels'])}; final level "
                   f"{report['final_level']}")
-    console.print(f"Flower (while the demo runs): {report['flower_url']}")
+    console.print(f"Flower (while the demo runs): {report['flower_url']}; console: "
+                  f"{report['server_url']}/console/")
     if report.get("plot"):
         console.print(f"plot written to {report['plot']}")
     console.print("[green]demo ok[/green]" if report["ok"] else "[red]demo failed[/red]")

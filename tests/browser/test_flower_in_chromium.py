@@ -8,17 +8,16 @@ from __future__ import annotations
 
 import base64
 import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from selenium import webdriver
 from selenium.common.exceptions import WebDriverException
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 
 from producers import submit
+from tests import services
 from tests.conftest import Env, Processes
 from tests.services import wait_for
 from tests.test_flower import (
@@ -34,16 +33,7 @@ from tests.test_flower import (
 @pytest.fixture
 def chromium(tmp_path: Path) -> Iterator[webdriver.Chrome]:
     """Debian's Chromium, headless, sending Flower's credentials with every request."""
-    browser, driver = shutil.which("chromium"), shutil.which("chromedriver")
-    if not (browser and driver):
-        pytest.fail("Chromium and chromedriver are needed: `make system-deps` installs them "
-                    "(apt-get install chromium chromium-driver)")
-    options = webdriver.ChromeOptions()
-    options.binary_location = browser
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                "--window-size=1400,900", f"--user-data-dir={tmp_path / 'chromium'}"):
-        options.add_argument(arg)
-    chrome = webdriver.Chrome(options=options, service=Service(driver))
+    chrome = services.chromium(tmp_path, height=900)
     try:
         chrome.execute_cdp_cmd("Network.enable", {})
         chrome.execute_cdp_cmd("Network.setExtraHTTPHeaders", {"headers": {
