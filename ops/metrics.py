@@ -40,10 +40,6 @@ log = logging.getLogger("sluice.metrics")
 REFRESH_S = 5.0
 
 
-#: tenants named in the metrics per priority; the others are summed as `(others)`
-TOP_TENANTS = 10
-
-
 def oldest_age(client: redis.Redis, queue: str, now: float) -> float:
     """Seconds the oldest waiting job of `queue` has waited (0 when empty).
 
@@ -153,7 +149,7 @@ class SluiceCollector(Collector):
     def _tenant_metrics(self, client: redis.Redis, now: float) -> Iterator[Any]:
         """Jobs/s offered and accepted per tenant and priority over the last seconds: the
         busiest `TOP_TENANTS`, the rest as `(others)` (bounded label cardinality)."""
-        from producers.fairness import WINDOW_S, busiest
+        from producers.fairness import TOP_TENANTS, WINDOW_S, busiest
         from producers.monitor import tenant_rates
 
         window = int(now // WINDOW_S)

@@ -26,7 +26,7 @@ from delivery.outbox import OutboxEntry, add_to_outbox, flush_outbox
 from delivery.sending import Outcome, Outgoing, Sent, fence, is_not_sent, send_many
 from producers import killswitch
 from producers.deadline import admit
-from producers.fairness import tenant_quota, under_pressure
+from producers.fairness import share_capacity, tenant_quota, under_pressure
 from producers.monitor import PressureEvent, PressureMonitor, Snapshot
 from producers.plan import Plan, Receipt, check_countdown, task_for, tenant_of
 from producers.pressure import BROKER_UNAVAILABLE, KILL_SWITCH, Decision, Thresholds
@@ -181,9 +181,9 @@ class Producer:
         decision = admit(snap.level, prio, wait, deadline)
         if (decision.allowed and prio is not Priority.CRITICAL
                 and under_pressure(snap.level, wait, deadline)):
-            decision = tenant_quota(tenant, self.monitor.tenant_rates(prio),
-                                    snap.available(prio), self.settings.tenant_weights
-                                    ) or decision
+            room = share_capacity(snap.available(prio), wait, deadline)
+            decision = tenant_quota(tenant, self.monitor.tenant_rates(prio), room,
+                                    self.settings.tenant_weights) or decision
         self.monitor.count_tenant(prio, tenant, accepted=decision.allowed)
         if not decision.allowed:
             self.monitor.count(submission_field(prio.name, SubmitOutcome.SHED))

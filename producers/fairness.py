@@ -19,10 +19,12 @@ from producers.pressure import Decision
 from sluice.priorities import PressureLevel, Priority
 
 __all__ = ["TENANT_QUOTA", "WINDOW_S", "TenantRates", "fair_shares", "available_rate",
-           "under_pressure", "tenant_quota", "busiest", "OTHERS"]
+           "under_pressure", "share_capacity", "tenant_quota", "busiest", "OTHERS", "TOP_TENANTS"]
 
 #: what `busiest` calls the tenants beyond the top N (a bounded label set for metrics)
 OTHERS = "(others)"
+#: tenants named per priority in `sluice pressure`, the API and the metrics (the busiest)
+TOP_TENANTS = 10
 
 TENANT_QUOTA = "TENANT_QUOTA"
 #: the tenant counters are kept per window of this many seconds (the current and the last
@@ -33,6 +35,8 @@ TARGET = 0.95
 #: the quota engages when the predicted wait passes this fraction of the deadline (or the
 #: level is WARNING or above), so that the queue still has room for tenants under share
 ENGAGE_AT = 0.25
+#: seconds over which the shares drain the backlog back to the engage point
+DRAIN_HORIZON_S = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +79,21 @@ def available_rate(rate: float | None, arrivals: Mapping[str, float],
     return max(0.0, rate - sum(arrivals.get(p.name, 0.0) for p in Priority if p < priority))
 
 
+def share_capacity(available: float | None, wait_s: float,
+                   deadline_s: float | None) -> float | None:
+    """What the tenants of a priority share, in jobs/s: what it can take (`TARGET` of it),
+    less what drains the backlog above the engage point within `DRAIN_HORIZON_S`. Without
+    that, shares that add up to the capacity keep the queue where it is, and one tenant's
+    backlog (built before fairness engaged) would hold every tenant at the deadline, or push
+    the depth to a level that sheds them all."""
+    if available is None:
+        return None
+    if deadline_s is None or not math.isfinite(wait_s):
+        return available * TARGET
+    excess_s = max(0.0, wait_s - ENGAGE_AT * deadline_s)  # seconds of work to drain
+    return available * max(0.0, TARGET - excess_s / DRAIN_HORIZON_S)
+
+
 def under_pressure(level: PressureLevel, wait_s: float, deadline_s: float | None) -> bool:
     """When fairness applies: WARNING or above, or a predicted wait nearing the deadline."""
     if level in (PressureLevel.WARNING, PressureLevel.CRITICAL, PressureLevel.SHED):
@@ -84,13 +103,14 @@ def under_pressure(level: PressureLevel, wait_s: float, deadline_s: float | None
 
 def tenant_quota(tenant: str, rates: TenantRates, available: float | None,
                  weights: Mapping[str, float] | None = None) -> Decision | None:
-    """`TENANT_QUOTA` when `tenant` is over its fair share of `available` jobs/s; None when
-    it may go on (under its share, or nothing measured yet). Call it under pressure only."""
+    """`TENANT_QUOTA` when `tenant` is over its fair share of `available` jobs/s (see
+    `share_capacity`); None when it may go on (under its share, or nothing measured yet).
+    Call it under pressure only."""
     if available is None or not set(rates.offered) - {tenant}:
         return None  # nothing measured, or nobody else to be fair to: the deadline decides
     demands = dict(rates.offered)
     demands[tenant] = max(demands.get(tenant, 0.0), rates.accepted.get(tenant, 0.0), 1e-6)
-    share = fair_shares(available * TARGET, demands, weights)[tenant]
+    share = fair_shares(available, demands, weights)[tenant]
     accepted = rates.accepted.get(tenant, 0.0)
     if accepted <= share:
         return None

@@ -13,6 +13,7 @@ from producers.fairness import (
     available_rate,
     busiest,
     fair_shares,
+    share_capacity,
     tenant_quota,
     under_pressure,
 )
@@ -72,7 +73,7 @@ def test_a_tenant_over_its_share_is_shed_with_a_retry_after() -> None:
 
 
 def test_a_newcomer_is_welcome_even_if_the_counters_have_not_seen_it() -> None:
-    rates = TenantRates(offered={"noisy": 800.0}, accepted={"noisy": 99.0})
+    rates = TenantRates(offered={"noisy": 800.0}, accepted={"noisy": 99.9})
     assert tenant_quota("new", rates, available=100.0) is None
     assert tenant_quota("noisy", rates, available=100.0) is None  # alone, so far
     rates.offered["new"] = 0.5  # the next tick has seen the newcomer
@@ -106,3 +107,15 @@ def test_the_busiest_view_is_bounded_however_many_tenants_there_are() -> None:
 def test_a_lone_tenant_is_never_held_to_a_quota() -> None:
     rates = TenantRates(offered={"default": 800.0}, accepted={"default": 500.0})
     assert tenant_quota("default", rates, available=100.0) is None
+
+
+@pytest.mark.parametrize(("wait", "deadline", "expected"), [
+    (0.0, 20.0, 95.0),      # at or under the engage point: TARGET of what it can take
+    (5.0, 20.0, 95.0),
+    (10.0, 20.0, 45.0),     # 5 s of work over it: drained within the horizon
+    (30.0, 20.0, 0.0),      # far over: nobody over share gets in until it drains
+    (30.0, None, 95.0)])
+def test_the_shares_drain_a_backlog_back_to_the_engage_point(
+        wait: float, deadline: float | None, expected: float) -> None:
+    assert share_capacity(100.0, wait, deadline) == pytest.approx(expected)
+    assert share_capacity(None, wait, deadline) is None

@@ -28,18 +28,21 @@ def test_a_noisy_tenant_is_held_to_its_share_and_quiet_tenants_all_get_through(
     processes.worker(concurrency=1, drain_seconds="1")
     producer = default_producer()
     producer.start()
-    submit_many("demo.flaky", [JOB] * 30, tenant="noisy")
-    wait_for(lambda: (producer.monitor.current().drain.rate or 0) > 3, timeout=20,
-             what="a measured drain rate")
+    submit_many("demo.flaky", [JOB] * 60, tenant="warm-up")
+    wait_for(lambda: (producer.monitor.current().drain.rate or 0) > 6
+             and sluice_env.client.llen("normal") < 15, timeout=20,
+             what="a measured drain rate, and the warm-up nearly done")
     noisy: list[str] = []
     quiet: dict[str, float] = {}  # task id -> submitted at
     end = time.monotonic() + 6.0
+    rounds = 0
     while time.monotonic() < end:  # noisy: ~100 jobs/s; three quiet tenants: 2 jobs/s each
-        noisy += [o.reason if isinstance(o, Rejected) else "accepted"
-                  for o in submit_many("demo.flaky", [JOB] * 10, tenant="noisy")]
-        if len(noisy) % 50 == 0:
+        if rounds % 5 == 0:  # the quiet tenants are active from the start, as the noisy one
             for tenant in ("q1", "q2", "q3"):
                 quiet[submit("demo.flaky", JOB, tenant=tenant).task_id] = time.time()
+        noisy += [o.reason if isinstance(o, Rejected) else "accepted"
+                  for o in submit_many("demo.flaky", [JOB] * 10, tenant="noisy")]
+        rounds += 1
         time.sleep(0.1)
     assert noisy.count("TENANT_QUOTA") > len(noisy) / 2, noisy
     assert len(quiet) >= 30  # every quiet submission was accepted (none raised)

@@ -17,13 +17,10 @@ from sluice import keys
 @app.command()
 def tasks(as_json: bool = JSON) -> None:
     """List the registered tasks with their default priority and payload schema."""
+    from ops.server.views import task_rows
     from sluice.app import app as celery_app
 
-    celery_app.loader.import_default_modules()
-    rows = [{"name": name, "priority": t.sluice_priority.name, "queue": t.sluice_priority.queue,
-             "schema": t.payload_model.model_json_schema()}
-            for name, t in sorted(celery_app.tasks.items())
-            if getattr(t, "payload_model", None) is not None]
+    rows = task_rows(celery_app)
     if as_json:
         emit(rows, True)
         return
@@ -63,42 +60,23 @@ def submit(task: str = typer.Argument(..., help="Task name, e.g. email.send"),
 
 
 def _pressure_rows() -> dict[str, Any]:
-    from producers.deadline import predicted_wait
+    """What the server's `/v1/pressure` shows, from a fresh sample; the drain rate is the
+    producers' (shared in Redis) while this process has not measured one of its own."""
+    import dataclasses
+
+    from ops.server.views import pressure_view, submission_counts
+    from producers.deadline import Drain
     from producers.monitor import PressureMonitor
     from producers.pressure import Thresholds
     from sluice.connections import redis_client, texts
-    from sluice.priorities import Priority
     from sluice.settings import get_settings
 
-    s = get_settings()
-    monitor = PressureMonitor(redis_client(), Thresholds.from_settings(s))
-    snap = monitor.tick()
-    shared = texts(redis_client().hgetall(keys.PRESSURE_STATE))  # producers' drain rate
-    rate = float(shared.get("drain_rate", -1)) if snap.drain.rate is None else snap.drain.rate
-    rate_or_none = rate if rate >= 0 else None
-    return {"level": snap.level.name, "depth": snap.depth, "depths": snap.depths,
-            "oldest_age_s": {q: round(a, 3) for q, a in snap.oldest.items()},
-            "drain_rate": rate_or_none,
-            "predicted_wait_s": {p.name: round(predicted_wait(snap.depths, p, rate_or_none), 3)
-                                 for p in Priority},
-            "thresholds": {"warning": s.pressure_warning, "critical": s.pressure_critical,
-                           "shed": s.pressure_shed}, "killswitches": snap.killswitches,
-            "tenants": _tenant_rows(snap.tenants)}
-
-
-#: tenants shown per priority (the busiest): a bounded view, however many tenants there are
-TOP_TENANTS = 10
-
-
-def _tenant_rows(tenants: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
-    """Per priority, the busiest tenants of the last seconds: jobs/s offered, accepted, shed."""
-    from producers.fairness import busiest
-
-    return {priority: [{"tenant": t, "offered_per_s": round(offered, 2),
-                        "accepted_per_s": round(accepted, 2),
-                        "shed_per_s": round(max(0.0, offered - accepted), 2)}
-                       for t, offered, accepted in busiest(rates, TOP_TENANTS)]
-            for priority, rates in tenants.items()}
+    s, client = get_settings(), redis_client()
+    snap = PressureMonitor(client, Thresholds.from_settings(s)).tick()
+    shared = float(texts(client.hgetall(keys.PRESSURE_STATE)).get("drain_rate", -1))
+    if snap.drain.rate is None and shared >= 0:
+        snap = dataclasses.replace(snap, drain=Drain(rate=shared, at=snap.at))
+    return pressure_view(snap, s, submission_counts(client))
 
 
 @app.command()

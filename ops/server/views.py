@@ -19,7 +19,7 @@ from sluice.connections import texts
 from sluice.priorities import QUEUES, Priority
 from sluice.settings import Settings
 
-__all__ = ["pressure_view", "submission_counts", "task_models", "task_rows", "worker_rows",
+__all__ = ["pressure_view", "tenant_rows", "submission_counts", "task_models", "task_rows", "worker_rows",
            "schedule_rows", "finite"]
 
 
@@ -43,7 +43,19 @@ def pressure_view(snap: Snapshot, settings: Settings,
         "thresholds": {"warning": settings.pressure_warning,
                        "critical": settings.pressure_critical, "shed": settings.pressure_shed},
         "killswitches": dict(snap.killswitches), "submissions": submissions,
+        "tenants": tenant_rows(snap),
     }
+
+
+def tenant_rows(snap: Snapshot) -> dict[str, list[dict[str, Any]]]:
+    """Per priority, the busiest tenants of the last seconds: jobs/s offered, accepted, shed."""
+    from producers.fairness import TOP_TENANTS, busiest
+
+    return {priority: [{"tenant": t, "offered_per_s": round(offered, 2),
+                        "accepted_per_s": round(accepted, 2),
+                        "shed_per_s": round(max(0.0, offered - accepted), 2)}
+                       for t, offered, accepted in busiest(rates, TOP_TENANTS)]
+            for priority, rates in snap.tenants.items()}
 
 
 def submission_counts(client: redis.Redis) -> dict[str, dict[str, int]]:
