@@ -45,8 +45,8 @@ def main() -> None:
     print_table("gate overhead (best of rounds)", ["path", "jobs_per_s"], rows)
     print(f"submit / plain apply_async      = {result['submit_ratio']:.2f}x (target >= 0.90)")
     print(f"submit_many / plain apply_async = {result['submit_many_ratio']:.2f}x (target >= 5)")
-    print(f"submit, sealed secret / plain   = {result['secret_submit_ratio']:.2f}x (the price "
-          "of one Fernet encryption per job)")
+    print(f"submit, sealed secret / submit  = {result['sealed_over_unsealed']:.2f}x (target "
+          ">= 0.80: the price of one Fernet encryption per job)")
     print("JSON:", write_json("gate_overhead", result, args.json))
 
 
@@ -80,7 +80,9 @@ def measure(server: Any, n: int, rounds: int) -> dict[str, Any]:
     return {"n": n, "rounds": rounds, "rates": best,
             "submit_ratio": best["sluice submit"] / plain_rate,
             "submit_many_ratio": best["sluice submit_many (500/batch)"] / plain_rate,
-            "secret_submit_ratio": best["sluice submit, one secret field sealed"] / plain_rate}
+            "secret_submit_ratio": best["sluice submit, one secret field sealed"] / plain_rate,
+            "sealed_over_unsealed": best["sluice submit, one secret field sealed"]
+            / best["sluice submit"]}
 
 
 if __name__ == "__main__":
