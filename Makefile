@@ -63,12 +63,22 @@ bench: $(STAMP) system-deps
 # Every process of the Procfile under honcho, from a plain shell: the venv's bin goes first on
 # PATH (the Procfile runs `sluice` and `celery`) and the schema is migrated before anything
 # starts (workers refuse a stale schema). `exec`: make waits for honcho, which stops them all.
-# The first run writes a secret key to .env (honcho reads it; git ignores it): jobs with
-# secret fields are refused without one, and every process must share it.
+# The first run writes to .env (mode 0600; honcho, the `sluice` CLI and compose read it; git
+# ignores it) a secret key (secret fields are sealed with it: every process shares it) and,
+# unless a Redis URL or REDIS_PASSWORD is given, a REDIS_PASSWORD and the SLUICE_REDIS_URL
+# that carries it: `sluice redis` requires that password, and no command line shows it. The
+# CLI run in this folder then reaches the stack that `make up` started; edit .env to change.
 up: $(STAMP)
-	@[ -n "$$SLUICE_SECRET_KEY" ] || grep -qs '^SLUICE_SECRET_KEY=' .env || \
-	  echo "SLUICE_SECRET_KEY=$$($(BIN)/sluice secret-key)" >> .env
-	export PATH="$(abspath $(BIN)):$$PATH" && sluice db upgrade && exec honcho start
+	@umask 077 && { [ -n "$$SLUICE_SECRET_KEY" ] || grep -qs '^SLUICE_SECRET_KEY=' .env || \
+	  echo "SLUICE_SECRET_KEY=$$($(BIN)/sluice secret-key)" >> .env; }
+	@umask 077 && { [ -n "$$SLUICE_REDIS_URL$$REDIS_PASSWORD" ] || \
+	  grep -qs '^SLUICE_REDIS_URL=' .env || { pw=$$($(BIN)/python -c \
+	  'import secrets; print(secrets.token_urlsafe(24))') && echo "REDIS_PASSWORD=$$pw" >> .env \
+	  && echo "SLUICE_REDIS_URL=redis://:$$pw@127.0.0.1:6379/0" >> .env; }; chmod 600 .env; }
+	export PATH="$(abspath $(BIN)):$$PATH" && \
+	if [ -z "$$SLUICE_REDIS_URL" ] && [ -n "$$REDIS_PASSWORD" ]; then \
+	  export SLUICE_REDIS_URL="redis://:$$REDIS_PASSWORD@127.0.0.1:6379/0"; \
+	fi && sluice db upgrade && exec honcho start
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache sluice.db sluice-data sluice-spool.jsonl

@@ -140,8 +140,13 @@ def run_arm(arm: str, capacity: float, own: float, args: argparse.Namespace, tmp
                                                         until, out))]
         for t in threads:
             t.start()
-        for t in threads:
-            t.join()
+        t0, timeline = time.time(), []
+        while any(t.is_alive() for t in threads):  # what the gate saw, every quarter second
+            snap = closer.monitor.snapshot if arm == "gated" else None
+            timeline.append((round(time.time() - t0, 2), sum(client.llen(q) for q in (
+                "critical", "high", "normal", "low")), snap and snap.level.name,
+                snap and snap.drain.rate and round(snap.drain.rate, 1)))
+            time.sleep(0.25)
         stop_by = time.time() + args.deadline + 3.0  # every accepted job is judged
         while time.time() < stop_by and sum(client.llen(q) for q in
                                             ("critical", "high", "normal", "low")):
@@ -156,7 +161,11 @@ def run_arm(arm: str, capacity: float, own: float, args: argparse.Namespace, tmp
             closer.close()
         stop(worker, timeout=3)
         server.stop()
-    return summarize(out, starts, args.deadline, args.duration, own)
+    result = summarize(out, starts, args.deadline, args.duration, own)
+    result["max_depth"] = max((d for _, d, _, _ in timeline), default=0)
+    result["levels"] = dict(Counter(level for _, _, level, _ in timeline if level))
+    result["timeline"] = timeline  # (s, depth, level, drain rate): the JSON has it all
+    return result
 
 
 def summarize(out: Tally, starts: dict[str, float], deadline: float, duration: float,
@@ -230,10 +239,11 @@ def report(runs: dict[str, dict[str, Any]], capacities: dict[str, float],
                           ("worst quiet", worst)):
             rows.append({"arm": arm, "tenant": name, **{k: row.get(k) for k in (
                 "offered", "accepted", "shed", "started_in_time", "late", "wait_p99_s")},
-                "goodput": f"{res['goodput_ratio']:.1%}" if name == "noisy" else ""})
+                "goodput": f"{res['goodput_ratio']:.1%}" if name == "noisy" else "",
+                "max_depth": res["max_depth"] if name == "noisy" else ""})
     print_table("fairness: one noisy tenant, nine quiet ones (NORMAL)",
                 ["arm", "tenant", "offered", "accepted", "shed", "started_in_time", "late",
-                 "wait_p99_s", "goodput"], rows)
+                 "wait_p99_s", "goodput", "max_depth"], rows)
     if "gated" in runs:
         g = runs["gated"]
         checks = [(f"every quiet tenant >= {TARGET_QUIET:.0%} started in time",
@@ -241,6 +251,9 @@ def report(runs: dict[str, dict[str, Any]], capacities: dict[str, float],
                    f"worst {g['worst_quiet_started_in_time_ratio']:.1%}"),
                   (f"goodput >= {TARGET_GOODPUT:.0%}", g["goodput_ratio"] >= TARGET_GOODPUT,
                    f"{g['goodput_ratio']:.1%}")]
+        print(f"  gated: levels seen {g['levels']}; shed reasons, noisy "
+              f"{g['tenants']['noisy']['shed_reasons']}, quiet-1 "
+              f"{g['tenants']['quiet-1']['shed_reasons']}")
         for what, ok, value in checks:
             print(f"  gated target {'met' if ok else 'MISSED'}: {what} ({value})")
     path = write_json("fairness", {"capacity_jobs_per_s": capacities, "args": vars(args),

@@ -39,9 +39,9 @@ from sluice.errors import (
     SecretKeyMissing,
 )
 from sluice.keys import SubmitOutcome, submission_field
-from sluice.message import SECRET, has_secrets, mask_secrets, validate_payload
+from sluice.message import SECRET, mask_secrets, validate_payload
 from sluice.priorities import PressureLevel, Priority
-from sluice.sealed import can_seal, seal_secrets
+from sluice.sealed import can_seal, carries_secrets, seal_secrets
 from sluice.settings import Settings
 
 __all__ = ["Receipt", "Plan", "Producer", "task_for", "validate_payload", "mask_secrets",
@@ -148,7 +148,7 @@ class Producer:
         task = task_for(self.app, task_name)
         prio = Priority.parse(priority) if priority is not None else task.sluice_priority
         validate_payload(task_name, task.payload_model, payload)
-        if has_secrets(task.payload_model) and not can_seal():
+        if not can_seal() and carries_secrets(task.payload_model, payload):
             raise SecretKeyMissing(task_name)
         check_countdown(countdown, task, self.settings)
         deadline = self._deadline(deadline, task, prio)

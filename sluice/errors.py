@@ -53,10 +53,11 @@ class ConfigError(UsageError):
 
 
 class SecretKeyMissing(ConfigError):
-    """A task with secret fields was submitted, or a sealed value opened, without a key."""
+    """A job carrying secret values was submitted, or a sealed value opened, without a key."""
 
     def __init__(self, task_name: str = "") -> None:
-        what = f"task {task_name!r} has secret fields" if task_name else "secrets are sealed"
+        what = (f"this {task_name!r} job carries secret fields" if task_name
+                else "secrets are sealed")
         super().__init__(f"{what}: set SLUICE_SECRET_KEY (make one with `sluice secret-key`) "
                          "so they travel encrypted; nothing was sent")
         self.task_name = task_name

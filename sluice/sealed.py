@@ -5,8 +5,8 @@ rows, events and logs only ever hold ciphertext or `***`.
 The cipher is Fernet (AES-128-CBC + HMAC-SHA256, from `cryptography`), keyed by
 `SLUICE_SECRET_KEY`: one key, or several separated by commas for rotation (`MultiFernet`:
 the first seals, every one opens). A sealed value is the string `sluice-sealed:<token>`
-whose token holds the value's JSON. Without a key, a task with secret fields is refused at
-submission (`SecretKeyMissing`), rather than sent in clear.
+whose token holds the value's JSON. Without a key, a submission that carries a secret value
+is refused (`SecretKeyMissing`, naming the setting), rather than sent in clear.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from sluice.message import has_secrets, map_secrets
 from sluice.settings import get_settings
 
 __all__ = ["PREFIX", "seal", "unseal", "can_seal", "seal_secrets", "unseal_secrets",
-           "is_sealed", "under_old_key", "stale_seal"]
+           "is_sealed", "under_old_key", "stale_seal", "carries_secrets"]
 
 PREFIX = "sluice-sealed:"
 _cache: tuple[str, MultiFernet, Fernet] | None = None
@@ -84,10 +84,19 @@ def is_sealed(value: Any) -> bool:
     return isinstance(value, str) and value.startswith(PREFIX)
 
 
+def carries_secrets(model: type[BaseModel], payload: Any) -> bool:
+    """Whether `payload` holds a value (not None) in any secret field of `model`."""
+    found: list[Any] = []
+    if has_secrets(model):
+        map_secrets(model, payload, lambda v: found.append(v) if v is not None else None)
+    return bool(found)
+
+
 def seal_secrets(task_name: str, model: type[BaseModel], payload: Any) -> Any:
-    """`payload` with the value of every secret field sealed; the payload itself when the
-    model has none. SecretKeyMissing when it has some and no key is configured."""
-    if not has_secrets(model):
+    """`payload` with the value of every secret field sealed; the payload itself when it
+    carries none. SecretKeyMissing when it carries some and no key is configured: a secret
+    is never sent in clear."""
+    if not carries_secrets(model, payload):
         return payload
     cipher = _cipher(task_name)
 

@@ -33,7 +33,11 @@ def env_name(field: str) -> str:
 class Settings(BaseSettings):
     """Sluice configuration; read from `SLUICE_*` environment variables."""
 
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+    # `.env` in the working directory too (`make up` writes its generated Redis URL and
+    # secret key there), so the CLI in the project folder reaches what `make up` started;
+    # real environment variables win over it.
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True,
+                                      env_file=".env", env_file_encoding="utf-8")
 
     # Connections (secrets: never logged; `safe_dict()` masks them).
     redis_url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")

@@ -32,7 +32,7 @@ def test_tasks_lists_every_task_with_priority_and_schema(sluice_env: Env) -> Non
                           "demo.flaky", "workflow.advance"}
     assert tasks["auth.event"]["priority"] == "CRITICAL"
     assert set(tasks["demo.flaky"]["schema"]["properties"]) == {"fail_times", "permanent",
-                                                                "sleep_s"}
+                                                                "sleep_s", "token"}
 
 
 def test_submit_prints_the_receipt(sluice_env: Env) -> None:

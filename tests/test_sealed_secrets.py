@@ -1,6 +1,7 @@
 """Secret fields travel sealed: encrypted by the producer, opened only inside the task, so
-Redis, the ledger, the outbox, the spool, dead-letter rows and logs hold ciphertext or `***`.
-A replay opens them again; key rotation keeps old rows readable and `doctor` names them."""
+Redis, the ledger, the outbox, the spool, dead-letter rows, retries, task events, logs and the
+CLI's output hold ciphertext or `***`. A replay opens them again; key rotation keeps old rows
+readable and `doctor` names them."""
 
 from __future__ import annotations
 
@@ -9,8 +10,12 @@ import hashlib
 import json
 import re
 import sqlite3
+import threading
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -20,6 +25,9 @@ from hypothesis import strategies as st
 from pydantic import BaseModel, Field, SecretStr
 
 from delivery.outbox import outbox_size
+from delivery.sending import announce_monitor
+from delivery.spool import spool_sizes
+from dlq.drain import drain_spool
 from dlq.replay import replay_one
 from dlq.store import DeadLetterStore
 from ops.doctor import run_checks
@@ -62,7 +70,7 @@ def _everything_in_sqlite(url: str) -> str:
         return "\n".join(str(line) for line in conn.iterdump())
 
 
-def test_a_task_with_secret_fields_is_refused_without_a_key_and_nothing_is_sent(
+def test_a_secret_value_is_refused_without_a_key_and_nothing_is_sent(
         sluice_env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SLUICE_SECRET_KEY", "")
     get_settings.cache_clear()
@@ -70,6 +78,7 @@ def test_a_task_with_secret_fields_is_refused_without_a_key_and_nothing_is_sent(
         submit("email.send", {"to": "a@b.io", "subject": "s", "smtp_password": "pw"})
     assert "email.send" in str(info.value)
     assert sluice_env.client.llen("high") == 0
+    submit("email.send", {"to": "a@b.io", "subject": "s"})  # no secret value: nothing to seal
     submit("data.sync", {"source": "s", "destination": "d"})  # no secret fields: fine
 
 
@@ -178,3 +187,122 @@ def test_no_secret_survives_sealing_and_each_comes_back(secret: str, n: int) -> 
         assert unseal_secrets(Outer, sealed) == payload
         Outer.model_validate(unseal_secrets(Outer, sealed))
     get_settings.cache_clear()
+
+
+
+class _Events:
+    """A Flower-like client: every Celery event on the broker, decoded as Flower gets them
+    (a `celery.events.Receiver` on the `celeryev` exchange), captured by a thread."""
+
+    def __init__(self, url: str) -> None:
+        from sluice.app import app
+
+        self.app, self.url = app, url
+        self.seen: list[dict[str, Any]] = []
+        self._conn = app.connection_for_read(url)
+        self._receiver = app.events.Receiver(self._conn, handlers={"*": self.seen.append})
+        self._thread = threading.Thread(target=self._receiver.capture, daemon=True,
+                                        kwargs={"limit": None, "timeout": None,
+                                                "wakeup": False})
+
+    def start(self, worker: str) -> _Events:
+        """Listen, switch `worker`'s task events on (as Flower does), and return once an
+        event of that worker came through: none sent from now on is missed."""
+        self._thread.start()
+        with self.app.connection_for_write(self.url) as conn:
+            def heard() -> bool:
+                self.app.control.enable_events(destination=[worker], connection=conn)
+                self.app.control.heartbeat(destination=[worker], connection=conn)
+                return any(e.get("hostname") == worker for e in self.seen)
+            wait_for(heard, interval=0.2, what=f"task events of {worker}")
+        return self
+
+    def stop(self) -> None:
+        self._receiver.should_stop = True
+        self._thread.join(10)
+        self._conn.release()
+
+    def of(self, task_id: str, kind: str) -> list[dict[str, Any]]:
+        return [e for e in self.seen if e.get("uuid") == task_id and e["type"] == kind]
+
+
+@contextmanager
+def _store_down(database_url: str) -> Iterator[None]:
+    """The dead-letter store refuses every write (its table is gone) until the block ends:
+    what a worker's recorder sees when the database is down, without stopping a server."""
+    path = database_url.removeprefix("sqlite:///")
+    with sqlite3.connect(path) as db:
+        db.execute("ALTER TABLE dead_letters RENAME TO dead_letters_away")
+    try:
+        yield
+    finally:
+        with sqlite3.connect(path) as db:
+            db.execute("ALTER TABLE dead_letters_away RENAME TO dead_letters")
+
+
+def _flaky_attempts(task_id: str) -> list[dict[str, Any]]:
+    return [e for e in effects.read("flaky") if e["task_id"] == task_id]
+
+
+def _cli_json(env: Env, *args: str) -> tuple[str, Any]:
+    """One `sluice ... --json` run, as a user runs it: (everything it printed, the JSON)."""
+    from tests.test_cli import sluice
+
+    out = sluice(env, *args, "--json")
+    assert out.returncode == 0, (args, out.stdout[-500:], out.stderr[-2000:])
+    return out.stdout + out.stderr, json.loads(out.stdout)
+
+
+def test_secrets_stay_sealed_through_retries_the_spool_task_events_and_the_cli(
+        sluice_env: Env, processes: Processes) -> None:
+    """The canary test, continued: a job that retries, then succeeds; one that retries until
+    it dead-letters while the database is down (into the spool), drained, replayed from the
+    CLI and exhausted again; a Flower-like client records every task event meanwhile. Every
+    attempt opens the canary; no event, no `--json` output and no store holds it in clear."""
+    canary = _canary()
+    name = f"w-{uuid.uuid4().hex[:6]}@test"
+    worker = processes.worker(name=name, retry_backoff_base="0")  # retries at once
+    events = _Events(sluice_env.redis.url).start(name)
+    announce_monitor(sluice_env.client, 60)  # as a running Flower does: jobs send task-sent
+    spool, store = get_settings().spool_path, DeadLetterStore()
+    try:
+        retried = submit("demo.flaky", {"fail_times": 2, "token": canary})
+        with _store_down(sluice_env.database_url):
+            dead = submit("demo.flaky", {"fail_times": 100, "token": canary})
+            wait_for(lambda: spool_sizes(sluice_env.client, spool)["file"] == 1, timeout=30,
+                     what="the exhausted job spooled")
+        [spooled] = [json.loads(line) for line in spool.read_text().splitlines()]
+        assert (spooled["task_id"], spooled["attempts"]) == (dead.task_id, 6)  # 5 retries
+        assert spooled["payload"]["token"] == "***" and PREFIX in spooled["sealed"]
+        assert drain_spool(store, sluice_env.client, spool).stored == 1
+        row = store.get_by_task_id(dead.task_id)
+        outputs = [_cli_json(sluice_env, "dlq", "replay", str(row.id))]
+        [replayed] = outputs[0][1]
+        assert replayed["outcome"] == "replayed"
+        wait_for(lambda: store.get(row.id).generation == 1, timeout=30,
+                 what="the replay exhausted its retries too")
+        outputs += [_cli_json(sluice_env, "dlq", *args)
+                    for args in (["ls"], ["show", str(row.id)], ["stats"])]
+        assert [r["id"] for r in outputs[1][1]] == [row.id]
+        assert outputs[2][1][0]["payload"]["token"] == "***"
+        assert not [text for text, _ in outputs if canary in text]
+    finally:
+        events.stop()
+    worker.stop()
+
+    attempts = [_flaky_attempts(t) for t in (retried.task_id, dead.task_id,
+                                              replayed["task_id"])]
+    assert [len(a) for a in attempts] == [3, 6, 6]
+    assert {e["token"] for a in attempts for e in a} == {_fp(canary)}  # opened each time
+    # what a Flower shows: the job sent (with its queue), each delivery, each retry
+    assert [e["queue"] for e in events.of(dead.task_id, "task-sent")] == ["normal"]
+    assert len(events.of(retried.task_id, "task-retried")) == 2
+    received = events.of(dead.task_id, "task-received")
+    assert len(received) == 6 and all("'token': '***'" in e["args"] for e in received)
+    assert canary not in json.dumps(events.seen, default=str)
+    assert canary not in _everything_in_redis(sluice_env.client)
+    assert canary not in _everything_in_sqlite(sluice_env.database_url)
+    assert canary not in worker.log.read_text()
+    for path in sluice_env.tmp.rglob("*"):
+        if path.is_file():
+            assert canary.encode() not in path.read_bytes(), path
