@@ -75,16 +75,19 @@ def predicted_wait(depths: Mapping[str, int], priority: Priority, rate: float | 
     """Seconds until a job of `priority` submitted now starts: the jobs queued at its
     priority and above (strict order: they all start first), divided by what the drain
     rate leaves once the jobs still arriving at higher priorities (`arrivals`, jobs/s per
-    priority name, with `OVERTAKE_MARGIN`) have taken their share: those overtake it too. Unknown rate: 0 (no
-    evidence to refuse on); nothing left for it with work ahead: infinite."""
-    ahead = sum(depths.get(p.queue, 0) for p in Priority if p <= priority)
-    if ahead == 0 or rate is None:
+    priority name, with `OVERTAKE_MARGIN`) have taken their share: those overtake it too.
+    Unknown rate: 0 (no evidence to refuse on). Nothing left for it: infinite, even with
+    nothing queued ahead (the workers are busy, and each one that frees up takes the
+    higher-priority job that has arrived meanwhile: the overload bench saw such jobs
+    starve)."""
+    if rate is None:
         return 0.0
+    ahead = sum(depths.get(p.queue, 0) for p in Priority if p <= priority)
     overtaking = sum((arrivals or {}).get(p.name, 0.0) for p in Priority if p < priority)
     left = rate - OVERTAKE_MARGIN * overtaking
-    if left <= 0:
+    if left <= 0 and (ahead or overtaking):
         return math.inf
-    return ahead / left
+    return ahead / left if ahead else 0.0
 
 
 def admit(level: PressureLevel, priority: Priority, wait_s: float,

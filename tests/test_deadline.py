@@ -106,6 +106,9 @@ def test_jobs_still_arriving_at_higher_priorities_overtake_and_lengthen_the_wait
     assert predicted_wait(depths, P.NORMAL, rate=10.0, arrivals={"HIGH": 10.0}) == math.inf
     # higher priorities taking nearly all of it leave nothing to promise on
     assert predicted_wait(depths, P.NORMAL, rate=10.0, arrivals={"HIGH": 8.5}) == math.inf
+    # not even with nothing queued ahead: the next free worker takes the next HIGH job
+    assert predicted_wait({}, P.NORMAL, rate=10.0, arrivals={"HIGH": 8.5}) == math.inf
+    assert predicted_wait({}, P.NORMAL, rate=10.0, arrivals={"HIGH": 5.0}) == 0.0
     assert predicted_wait(depths, P.HIGH, rate=10.0, arrivals={"NORMAL": 9.0}) == 1.0  # lower
 
 
