@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from producers.pressure import Decision, decide
 from sluice.priorities import PressureLevel, Priority
@@ -34,10 +34,13 @@ OVERTAKE_MARGIN = 1.25
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Drain:
-    """How fast jobs start: `rate` jobs/s (None until measured), as of `at`."""
+    """How fast jobs start: `rate` jobs/s (None until measured), as of `at`. `saturated`:
+    the rate was measured with work waiting (capacity), not only as a floor from the starts
+    of an idle system (which follow arrivals)."""
 
     rate: float | None = None
     at: float | None = None
+    saturated: bool = False
 
 
 def drain_after(previous: Drain, started: int, waiting: int, now: float,
@@ -49,14 +52,16 @@ def drain_after(previous: Drain, started: int, waiting: int, now: float,
     a first start is seen (then it can decay to 0 when workers stop: a rate of 0 is
     measured, never assumed)."""
     if previous.at is None or now <= previous.at:
-        return Drain(rate=previous.rate, at=now)
+        return replace(previous, at=now)
     if waiting == 0:  # starts with an empty queue measure arrivals: a floor for capacity
         if not started:
-            return Drain(rate=previous.rate, at=now)
-        return Drain(rate=max(previous.rate or 0.0, started / (now - previous.at)), at=now)
+            return replace(previous, at=now)
+        return replace(previous, at=now,
+                       rate=max(previous.rate or 0.0, started / (now - previous.at)))
     if previous.rate is None and not started:  # no evidence of capacity, or of its lack
         return Drain(rate=None, at=now)
-    return Drain(rate=smooth(previous.rate, started, now - previous.at, half_life_s), at=now)
+    return Drain(rate=smooth(previous.rate, started, now - previous.at, half_life_s), at=now,
+                 saturated=True)
 
 
 def smooth(previous: float | None, count: int, elapsed_s: float,
@@ -71,23 +76,25 @@ def smooth(previous: float | None, count: int, elapsed_s: float,
 
 
 def predicted_wait(depths: Mapping[str, int], priority: Priority, rate: float | None,
-                   arrivals: Mapping[str, float] | None = None) -> float:
+                   arrivals: Mapping[str, float] | None = None,
+                   saturated: bool = True) -> float:
     """Seconds until a job of `priority` submitted now starts: the jobs queued at its
     priority and above (strict order: they all start first), divided by what the drain
     rate leaves once the jobs still arriving at higher priorities (`arrivals`, jobs/s per
     priority name, with `OVERTAKE_MARGIN`) have taken their share: those overtake it too.
-    Unknown rate: 0 (no evidence to refuse on). Nothing left for it: infinite, even with
-    nothing queued ahead (the workers are busy, and each one that frees up takes the
-    higher-priority job that has arrived meanwhile: the overload bench saw such jobs
-    starve)."""
-    if rate is None:
-        return 0.0
+    Unknown rate: 0 (no evidence to refuse on); nothing left for it with work ahead:
+    infinite. A rate that is only a floor (`saturated` False: measured while idle, so it is
+    the arrivals themselves) says how long the work ahead takes at least, not what
+    higher priorities leave: then arrivals are not subtracted."""
     ahead = sum(depths.get(p.queue, 0) for p in Priority if p <= priority)
+    if ahead == 0 or rate is None:
+        return 0.0
     overtaking = sum((arrivals or {}).get(p.name, 0.0) for p in Priority if p < priority)
-    left = rate - OVERTAKE_MARGIN * overtaking
-    if left <= 0 and (ahead or overtaking):
+    left = rate - OVERTAKE_MARGIN * overtaking if saturated else rate
+    if left <= 0:
         return math.inf
-    return ahead / left if ahead else 0.0
+    return ahead / left
+
 
 
 def admit(level: PressureLevel, priority: Priority, wait_s: float,

@@ -8,6 +8,7 @@ latest snapshot from memory, so the gate never costs a round trip per job.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
 import logging
 import math
@@ -90,14 +91,16 @@ class Snapshot:
         priority whose arrival rate is not measured yet (the first ticks of a burst) is
         taken to arrive at the rate this process has been sending it since the tick."""
         if not admitted:
-            return predicted_wait(self.depths, priority, self.drain.rate, self.arrivals)
+            return predicted_wait(self.depths, priority, self.drain.rate, self.arrivals,
+                                  self.drain.saturated)
         depths = {q: self.depths.get(q, 0) + admitted.get(q, 0) for q in QUEUES}
         arrivals = self.arrivals
         if now is not None and len(arrivals) < len(QUEUES):
             elapsed = max(now - self.at, MIN_RATE_SPAN_S)
             arrivals = {p.name: arrivals.get(p.name, admitted.get(p.queue, 0) / elapsed)
                         for p in Priority}
-        return predicted_wait(depths, priority, self.drain.rate, arrivals)
+        return predicted_wait(depths, priority, self.drain.rate, arrivals,
+                              self.drain.saturated)
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,6 +213,7 @@ class PressureMonitor:
         with self._lock:
             counts, self._counts = self._counts, collections.Counter()
             tenants, self._tenants = self._tenants, collections.Counter()
+        asked = time.monotonic()
         try:
             sample = self._sample(counts, tenants, now)
         except redis.RedisError as exc:
@@ -221,6 +225,8 @@ class PressureMonitor:
         self._state = level_for(depth, self.thresholds, self._state, now)
         if self.snapshot.level is PressureLevel.UNKNOWN and self.snapshot.at:
             self._reconnected_at = now  # workers are reconnecting too: no evidence for a while
+        elif time.monotonic() - asked > self.stale_after:
+            self._reconnected_at = now  # Redis stalled (paused, swapping): workers stalled too
         drain, arrivals = self._drain(sample, depth, now), self._arrivals(sample.sent, now)
         with self._lock:
             self._admitted.clear()  # this sample counts them (or they are in flight: ms)
@@ -243,10 +249,10 @@ class PressureMonitor:
         before, self._started = self._started, sample.started
         last = self.snapshot.drain
         if before is None or sample.started < before:  # no baseline, or Redis lost it
-            return Drain(rate=last.rate, at=now)
+            return dataclasses.replace(last, at=now)
         drain = drain_after(last, sample.started - before, depth, now)
         if now - self._reconnected_at < RECONNECT_GRACE_S and last.rate is not None:
-            return Drain(rate=max(last.rate, drain.rate or 0.0), at=now)
+            return dataclasses.replace(drain, rate=max(last.rate, drain.rate or 0.0))
         return drain
 
     def _arrivals(self, sent: dict[str, int], now: float) -> dict[str, float]:

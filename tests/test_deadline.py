@@ -47,7 +47,7 @@ def test_the_drain_follows_the_starts_and_ignores_idle_ticks() -> None:
     idle = drain_after(d, started=3, waiting=0, now=10.0)  # a trickle, not the capacity
     assert idle.rate == 100.0 and idle.at == 10.0
     cold = drain_after(Drain(at=0.0), started=2, waiting=0, now=0.5)  # but at least that
-    assert cold.rate == 4.0
+    assert cold.rate == 4.0 and not cold.saturated and d.saturated
     slower = d
     for step in range(1, 40):  # capacity halves: the rate follows within a few seconds
         slower = drain_after(slower, started=25, waiting=100, now=0.5 + step * 0.5)
@@ -106,9 +106,9 @@ def test_jobs_still_arriving_at_higher_priorities_overtake_and_lengthen_the_wait
     assert predicted_wait(depths, P.NORMAL, rate=10.0, arrivals={"HIGH": 10.0}) == math.inf
     # higher priorities taking nearly all of it leave nothing to promise on
     assert predicted_wait(depths, P.NORMAL, rate=10.0, arrivals={"HIGH": 8.5}) == math.inf
-    # not even with nothing queued ahead: the next free worker takes the next HIGH job
-    assert predicted_wait({}, P.NORMAL, rate=10.0, arrivals={"HIGH": 8.5}) == math.inf
-    assert predicted_wait({}, P.NORMAL, rate=10.0, arrivals={"HIGH": 5.0}) == 0.0
+    # a rate measured only while idle is a floor (the arrivals themselves), not capacity
+    assert predicted_wait(depths, P.NORMAL, rate=10.0, arrivals={"HIGH": 10.0},
+                          saturated=False) == 2.0
     assert predicted_wait(depths, P.HIGH, rate=10.0, arrivals={"NORMAL": 9.0}) == 1.0  # lower
 
 
@@ -124,12 +124,13 @@ def test_more_overtaking_traffic_never_shortens_the_wait(rate: float, ahead: int
 def test_before_arrivals_are_measured_this_process_sends_count_as_overtaking() -> None:
     from producers.monitor import Snapshot
 
-    snap = Snapshot(L.NORMAL, depths={"high": 10}, at=100.0, drain=Drain(rate=50.0, at=100.0))
+    snap = Snapshot(L.NORMAL, depths={"high": 10}, at=100.0,
+                    drain=Drain(rate=50.0, at=100.0, saturated=True))
     sent = {"high": 15}  # 30 jobs/s of HIGH over the last half second, from this process
     assert snap.wait_for(P.NORMAL, sent) == pytest.approx(25 / 50.0)
     assert snap.wait_for(P.NORMAL, sent, now=100.5) == pytest.approx(
         25 / (50.0 - OVERTAKE_MARGIN * 30.0))
     measured = Snapshot(L.NORMAL, depths={"high": 10}, at=100.0,
-                        drain=Drain(rate=50.0, at=100.0),
+                        drain=Drain(rate=50.0, at=100.0, saturated=True),
                         arrivals={p.name: 0.0 for p in P})
     assert measured.wait_for(P.NORMAL, sent, now=100.5) == pytest.approx(25 / 50.0)

@@ -75,7 +75,7 @@ def _pressure_rows() -> dict[str, Any]:
     snap = PressureMonitor(client, Thresholds.from_settings(s)).tick()
     shared = float(texts(client.hgetall(keys.PRESSURE_STATE)).get("drain_rate", -1))
     if snap.drain.rate is None and shared >= 0:
-        snap = dataclasses.replace(snap, drain=Drain(rate=shared, at=snap.at))
+        snap = dataclasses.replace(snap, drain=Drain(rate=shared, at=snap.at, saturated=True))
     return pressure_view(snap, s, submission_counts(client))
 
 
