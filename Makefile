@@ -41,8 +41,10 @@ system-deps:
 demo: $(STAMP)
 	$(BIN)/sluice demo $(ARGS)
 
+# Two pytest workers (pytest-xdist): most tests wait on real processes, so two share the two
+# cores well; every fixture starts its own servers on free ports.
 test: $(STAMP) $(SPEC) system-deps lint
-	$(BIN)/python -m pytest -q $(ARGS)
+	$(BIN)/python -m pytest -q -n 2 $(ARGS)
 
 # ruff (pyflakes, isort, bugbear, pyupgrade, simplify), the layer contract (.importlinter) and
 # mypy (strict on the kernel, delivery and the gate): part of `make test`, so of CI.
