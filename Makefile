@@ -61,6 +61,8 @@ bench: $(STAMP) system-deps
 	$(BIN)/python bench/worker_throughput.py
 	$(BIN)/python bench/dlq.py
 	$(BIN)/python bench/overload.py
+	$(BIN)/python bench/fairness.py
+	$(BIN)/python bench/http.py
 
 # Every process of the Procfile under honcho, from a plain shell: the venv's bin goes first on
 # PATH (the Procfile runs `sluice` and `celery`) and the schema is migrated before anything

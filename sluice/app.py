@@ -120,7 +120,8 @@ class SluiceCelery(Celery):
 def create_app(settings: Settings | None = None) -> Celery:
     """Build the Sluice Celery app from `settings` (default: the environment)."""
     settings = settings or get_settings()
-    app = SluiceCelery("sluice", include=list(TASK_MODULES), set_as_current=True)
+    app = SluiceCelery("sluice", include=[*TASK_MODULES, *settings.task_modules],
+                       set_as_current=True)
     config = celery_config(settings)
     if config["redbeat_lock_timeout"] is None:
         del config["redbeat_lock_timeout"]

@@ -97,6 +97,10 @@ class Settings(BaseSettings):
     worker_heartbeat_interval: float = Field(5.0, gt=0)
     worker_heartbeat_ttl: float = Field(15.0, gt=0)
 
+    # The application's own task modules (JSON list, e.g. ["myapp.tasks"]): imported by
+    # workers, beat, the server and the CLI beside Sluice's, so all of them know its tasks.
+    task_modules: list[str] = Field(default_factory=list)
+
     # Observability.
     record_waits: bool = False  # keep submit->start waits in Redis (demo, benchmarks)
     metrics_port: int = Field(9808, gt=0, lt=65536)
