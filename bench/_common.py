@@ -66,6 +66,13 @@ def stop(proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
     processes.stop(proc, timeout=timeout)
 
 
+def rate(n: int, fn: Callable[[], Any]) -> float:
+    """`n` divided by the seconds `fn()` took: what one measured path does per second."""
+    started = time.perf_counter()
+    fn()
+    return n / (time.perf_counter() - started)
+
+
 def wait_until(predicate: Callable[[], Any], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

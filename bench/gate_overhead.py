@@ -13,19 +13,21 @@ submit_many >= 5x plain.
 from __future__ import annotations
 
 import argparse
-import time
 from typing import Any
 
-from _common import GATE_OPEN, bench_env, print_table, redis_server, temp_dir, use_env, write_json
+from _common import (
+    GATE_OPEN,
+    bench_env,
+    print_table,
+    rate,
+    redis_server,
+    temp_dir,
+    use_env,
+    write_json,
+)
 
 PAYLOAD = {"submitted_at": 0.0, "priority": "NORMAL", "sleep_s": 0.0, "tid": ""}
 SECRET_PAYLOAD = PAYLOAD | {"token": "s3cret-api-token"}
-
-
-def rate(n: int, fn: Any) -> float:
-    started = time.perf_counter()
-    fn()
-    return n / (time.perf_counter() - started)
 
 
 def main() -> None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +28,7 @@ from bench._common import (  # noqa: E402
     ROOT,
     bench_env,
     print_table,
+    rate,
     redis_server,
     stop,
     temp_dir,
@@ -41,12 +41,6 @@ from ops.embedded import free_port  # noqa: E402
 
 TOKEN = "bench-" + "t" * 26
 PAYLOAD = {"submitted_at": 0.0, "priority": "NORMAL", "sleep_s": 0.0, "tid": ""}
-
-
-def rate(n: int, fn: Any) -> float:
-    started = time.perf_counter()
-    fn()
-    return n / (time.perf_counter() - started)
 
 
 def main() -> None:
