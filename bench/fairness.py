@@ -1,10 +1,11 @@
 """Fair under pressure: one noisy tenant against nine quiet ones, gated vs tuned vs plain.
 
-    python bench/fairness.py [--duration S] [--noisy 8] [--quiet 0.05] [--deadline 20]
+    python bench/fairness.py [--duration S] [--warmup 10] [--noisy 8] [--quiet 0.05] [--deadline 20]
                              [--arms gated,tuned,plain] [--json PATH]
 
 All NORMAL. One noisy tenant offers `--noisy` x the gated worker's capacity, nine quiet
-tenants `--quiet` x each, for `duration` seconds, on a fresh Redis per arm with the same
+tenants `--quiet` x each, for `--warmup` seconds (not counted: a fresh Redis has no drain
+rate yet, and the first seconds measure the gate's cold start) and then `duration` seconds, on a fresh Redis per arm with the same
 2-process worker as `bench/overload.py`:
 
 - `gated`: `submit_many(..., tenant=T, deadline=D)` through the Sluice gate (the depth
@@ -51,13 +52,16 @@ TARGET_GOODPUT = 0.90
 class Tally:
     """Per tenant: offered / accepted / shed counts and each accepted job's submit time."""
 
-    def __init__(self) -> None:
+    def __init__(self, measure_from: float = 0.0) -> None:
+        self.measure_from = measure_from  #: monotonic time: what is offered before is warm-up
         self.counts: Counter[str] = Counter()
         self.submitted: dict[str, tuple[str, float]] = {}
         self.lock = threading.Lock()
 
     def note(self, tenant: str, payloads: list[dict], accepted: list[bool],
              reasons: list[str]) -> None:
+        if time.monotonic() < self.measure_from:
+            return
         with self.lock:
             self.counts[f"{tenant}:offered"] += len(payloads)
             for p, ok in zip(payloads, accepted, strict=True):
@@ -125,7 +129,6 @@ def run_arm(arm: str, capacity: float, own: float, args: argparse.Namespace, tmp
     app, extra = APPS[arm]
     worker = start_worker(app, env, tmp / f"{arm}.log", concurrency=WORKER_PROCESSES,
                           extra=extra)
-    out = Tally()
     send, closer = sender(arm, server.url, args.deadline)
     client = server.client()
     try:
@@ -133,7 +136,8 @@ def run_arm(arm: str, capacity: float, own: float, args: argparse.Namespace, tmp
                           "tid": "warm-up"}])
         wait_until(lambda: stats.llen("bench:started:NORMAL") >= 1, 120, "the first job")
         stats.flushdb()
-        until = time.monotonic() + args.duration
+        out = Tally(measure_from=time.monotonic() + args.warmup)
+        until = out.measure_from + args.duration
         threads = [threading.Thread(target=offer, args=(send, ["noisy"],
                                                         args.noisy * capacity, until, out)),
                    threading.Thread(target=offer, args=(send, QUIET, args.quiet * capacity,
@@ -201,11 +205,15 @@ def main() -> None:
     ap.add_argument("--noisy", type=float, default=8.0, help="x capacity, the noisy tenant")
     ap.add_argument("--quiet", type=float, default=0.05, help="x capacity, each quiet tenant")
     ap.add_argument("--deadline", type=float, default=20.0, help="NORMAL's max wait, seconds")
+    ap.add_argument("--warmup", type=float, default=10.0,
+                    help="seconds of the same offer before the measured window (0: measure "
+                         "the cold start too)")
     ap.add_argument("--arms", default=",".join(ARMS))
     ap.add_argument("--json", default=None, help="default bench/results/fairness.json")
     args = ap.parse_args()
     arms = [a for a in args.arms.split(",") if a]
-    if not set(arms) <= set(ARMS) or not 0 < args.duration <= 600 or args.deadline <= 0:
+    if (not set(arms) <= set(ARMS) or not 0 < args.duration <= 600 or args.deadline <= 0
+            or not 0 <= args.warmup <= 600):
         ap.error("--arms is a subset of gated,tuned,plain; --duration in (0, 600]; "
                  "--deadline > 0")
     logging.getLogger("sluice.pressure").setLevel(logging.ERROR)
@@ -217,7 +225,8 @@ def main() -> None:
                       for arm in ARMS if arm == "gated" or arm in arms}
         print("capacity: " + ", ".join(f"{a} {c:.1f}" for a, c in capacities.items())
               + f" jobs/s; noisy offers {args.noisy:g}x, 9 quiet tenants {args.quiet:g}x "
-              f"each, all NORMAL, deadline {args.deadline:g} s (logs: {tmp})")
+              f"each, all NORMAL, deadline {args.deadline:g} s; measured over {args.duration:g}"
+              f" s after {args.warmup:g} s of the same load (logs: {tmp})")
         runs = {arm: run_arm(arm, capacities["gated"], capacities[arm], args, tmp, stats,
                              stats_server.url) for arm in arms}
     finally:

@@ -89,18 +89,21 @@ class Snapshot:
         """The predicted wait before a job of `priority` submitted now starts; `admitted`:
         jobs this process sent since the tick, per queue (the tick has not seen them). A
         priority whose arrival rate is not measured yet (the first ticks of a burst) is
-        taken to arrive at the rate this process has been sending it since the tick."""
+        taken to arrive at the rate this process has been sending it since the tick; so is
+        every priority while the drain rate is only an idle floor (then the smoothed
+        arrivals are the floor itself, and would leave nothing)."""
+        rate, saturated = self.drain.rate, self.drain.saturated
         if not admitted:
-            return predicted_wait(self.depths, priority, self.drain.rate, self.arrivals,
-                                  self.drain.saturated)
+            return predicted_wait(self.depths, priority, rate, self.arrivals, saturated)
         depths = {q: self.depths.get(q, 0) + admitted.get(q, 0) for q in QUEUES}
-        arrivals = self.arrivals
-        if now is not None and len(arrivals) < len(QUEUES):
-            elapsed = max(now - self.at, MIN_RATE_SPAN_S)
-            arrivals = {p.name: arrivals.get(p.name, admitted.get(p.queue, 0) / elapsed)
-                        for p in Priority}
-        return predicted_wait(depths, priority, self.drain.rate, arrivals,
-                              self.drain.saturated)
+        if now is None:
+            return predicted_wait(depths, priority, rate, self.arrivals, saturated)
+        elapsed = max(now - self.at, MIN_RATE_SPAN_S)
+        mine = {p.name: admitted.get(p.queue, 0) / elapsed for p in Priority}
+        if not saturated:  # an idle floor: only what is being sent right now overtakes
+            return predicted_wait(depths, priority, rate, mine)
+        arrivals = {p.name: self.arrivals.get(p.name, mine[p.name]) for p in Priority}
+        return predicted_wait(depths, priority, rate, arrivals)
 
 
 @dataclass(frozen=True, slots=True)

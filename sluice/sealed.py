@@ -93,17 +93,19 @@ def carries_secrets(model: type[BaseModel], payload: Any) -> bool:
 
 
 def seal_secrets(task_name: str, model: type[BaseModel], payload: Any) -> Any:
-    """`payload` with the value of every secret field sealed; the payload itself when it
-    carries none. SecretKeyMissing when it carries some and no key is configured: a secret
-    is never sent in clear."""
-    if not carries_secrets(model, payload):
+    """`payload` with the value of every secret field sealed (one walk; the payload itself
+    when the model has none). SecretKeyMissing when it carries a secret value and no key is
+    configured: a secret is never sent in clear."""
+    if not has_secrets(model):
         return payload
-    cipher = _cipher(task_name)
+    ciphers = _ciphers()
 
     def close(value: Any) -> Any:
         if value is None or is_sealed(value):
             return value
-        return PREFIX + cipher.encrypt(json.dumps(value, default=str).encode()).decode()
+        if ciphers is None:
+            raise SecretKeyMissing(task_name)
+        return PREFIX + ciphers[0].encrypt(json.dumps(value, default=str).encode()).decode()
 
     return map_secrets(model, payload, close)
 
