@@ -89,9 +89,9 @@ class Snapshot:
         """The predicted wait before a job of `priority` submitted now starts; `admitted`:
         jobs this process sent since the tick, per queue (the tick has not seen them). A
         priority whose arrival rate is not measured yet (the first ticks of a burst) is
-        taken to arrive at the rate this process has been sending it since the tick; so is
-        every priority while the drain rate is only an idle floor (then the smoothed
-        arrivals are the floor itself, and would leave nothing)."""
+        taken to arrive at the rate this process has been sending it since the tick. While
+        the drain rate is only an idle floor no arrivals are subtracted (they are the floor
+        itself; even one job just sent would count as more than an idle floor)."""
         rate, saturated = self.drain.rate, self.drain.saturated
         if not admitted:
             return predicted_wait(self.depths, priority, rate, self.arrivals, saturated)
@@ -100,8 +100,8 @@ class Snapshot:
             return predicted_wait(depths, priority, rate, self.arrivals, saturated)
         elapsed = max(now - self.at, MIN_RATE_SPAN_S)
         mine = {p.name: admitted.get(p.queue, 0) / elapsed for p in Priority}
-        if not saturated:  # an idle floor: only what is being sent right now overtakes
-            return predicted_wait(depths, priority, rate, mine)
+        if not saturated:  # an idle floor is the arrivals themselves: nothing to subtract
+            return predicted_wait(depths, priority, rate, saturated=False)
         arrivals = {p.name: self.arrivals.get(p.name, mine[p.name]) for p in Priority}
         return predicted_wait(depths, priority, rate, arrivals)
 

@@ -136,12 +136,12 @@ def test_before_arrivals_are_measured_this_process_sends_count_as_overtaking() -
     assert measured.wait_for(P.NORMAL, sent, now=100.5) == pytest.approx(25 / 50.0)
 
 
-def test_on_an_idle_floor_only_what_is_being_sent_now_overtakes() -> None:
+def test_on_an_idle_floor_nothing_is_subtracted_not_even_this_process_sends() -> None:
     from producers.monitor import Snapshot
 
-    floor = Drain(rate=10.0, at=100.0, saturated=False)  # starts of an idle system
+    floor = Drain(rate=2.0, at=100.0, saturated=False)  # the starts of an idle system
     idle = Snapshot(L.NORMAL, depths={"critical": 1}, at=100.0, drain=floor,
-                    arrivals={"CRITICAL": 10.0})  # the same starts, seen as arrivals
-    assert idle.wait_for(P.HIGH, {}, now=100.5) == pytest.approx(1 / 10.0)
-    burst = {"critical": 5}  # a cold burst: 20 CRITICAL jobs/s from this process
-    assert idle.wait_for(P.HIGH, burst, now=100.25) == math.inf
+                    arrivals={"CRITICAL": 2.0})  # the same starts, seen as arrivals
+    assert idle.wait_for(P.HIGH, {}, now=100.5) == pytest.approx(1 / 2.0)
+    # one HIGH job just sent by this process (4/s over the shortest span): still no refusal
+    assert idle.wait_for(P.NORMAL, {"high": 1}, now=100.1) == pytest.approx(2 / 2.0)
