@@ -54,13 +54,18 @@ class Tally:
 
     def __init__(self, measure_from: float = 0.0) -> None:
         self.measure_from = measure_from  #: monotonic time: what is offered before is warm-up
+        self.window_start = time.time() + max(0.0, measure_from - time.monotonic())
         self.counts: Counter[str] = Counter()
         self.submitted: dict[str, tuple[str, float]] = {}
+        self.warm: dict[str, float] = {}  #: warm-up jobs accepted: they count for goodput
         self.lock = threading.Lock()
 
     def note(self, tenant: str, payloads: list[dict], accepted: list[bool],
              reasons: list[str]) -> None:
         if time.monotonic() < self.measure_from:
+            with self.lock:
+                self.warm.update((p["tid"], p["submitted_at"])
+                                 for p, ok in zip(payloads, accepted, strict=True) if ok)
             return
         with self.lock:
             self.counts[f"{tenant}:offered"] += len(payloads)
@@ -193,7 +198,14 @@ def summarize(out: Tally, starts: dict[str, float], deadline: float, duration: f
                        "wait_p99_s": None if p99 is None else round(p99, 3)}
     quiet_ratio = min((per[t]["started_in_time"] / per[t]["offered"]
                        for t in QUIET if per[t]["offered"]), default=0.0)
-    goodput = sum(in_time.values()) / duration / capacity
+    # goodput: jobs started in time within the measured window, warm-up jobs included (the
+    # workers serve the warm-up's backlog first; that is capacity used, not lost)
+    window = (out.window_start, out.window_start + duration)
+    submitted = {tid: at for tid, (_, at) in out.submitted.items()} | out.warm
+    served = sum(1 for tid, at in submitted.items()
+                 if (started := starts.get(tid)) is not None
+                 and window[0] <= started <= window[1] and started - at <= deadline)
+    goodput = served / duration / capacity
     return {"tenants": per, "worst_quiet_started_in_time_ratio": round(quiet_ratio, 4),
             "goodput_ratio": round(goodput, 4), "capacity_jobs_per_s": round(capacity, 2)}
 
