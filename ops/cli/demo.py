@@ -187,7 +187,7 @@ def _calibrate(client: Any, concurrency: int) -> float:
 
 
 def run_demo(duration: float = 30.0, plot: str | None = None, concurrency: int = 2,
-             as_json: bool = False) -> int:
+             as_json: bool = False, hold: bool = False) -> int:
     """Run the showcase for about `duration` seconds; returns the exit code."""
     root = Path(tempfile.mkdtemp(prefix="sluice-demo-"))
     redis_server = EmbeddedRedis(root / "redis")
@@ -198,7 +198,7 @@ def run_demo(duration: float = 30.0, plot: str | None = None, concurrency: int =
         os.environ.update({k: v for k, v in env.items() if k.startswith("SLUICE_")})
         stack = Stack(root, env)
         result = _run(root, stack, env, duration, concurrency, plot, as_json)
-        if not as_json and console.is_terminal:
+        if hold and not as_json:
             _hold()
         return 0 if result else 1
     except KeyboardInterrupt:
@@ -307,7 +307,7 @@ def _answers(url: str) -> bool:
 
 
 def _hold() -> None:
-    """In a terminal, keep every process up (the console, Flower) until Ctrl-C."""
+    """With `--hold`, keep every process up (the console, Flower) until Ctrl-C."""
     console.print("The console and Flower stay up: Ctrl-C stops everything.")
     try:
         while True:

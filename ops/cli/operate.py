@@ -155,12 +155,14 @@ def flower(address: str = typer.Option("127.0.0.1", "--address"),
 def demo(duration: float = typer.Option(30.0, "--duration", min=5),
          plot: str | None = typer.Option(None, "--plot", help="Write a PNG of the run"),
          workers: int = typer.Option(2, "--workers", min=1),
+         hold: bool = typer.Option(False, "--hold", help="Keep the console and Flower up "
+                                   "after the summary, until Ctrl-C"),
          as_json: bool = JSON) -> None:
-    """The end-to-end showcase on an embedded Redis and SQLite store."""
+    """The end-to-end showcase on an embedded Redis and SQLite store; exits when done."""
     from ops.cli.demo import run_demo
 
     raise SystemExit(run_demo(duration=duration, plot=plot, concurrency=workers,
-                              as_json=as_json))
+                              as_json=as_json, hold=hold))
 
 
 # -- the local stack (`make up`) --------------------------------------------------------------
