@@ -79,8 +79,9 @@ def _mask(value: Any) -> Any:
 
 def map_secrets(model: type[BaseModel], payload: Any, change: Callable[[Any], Any]) -> Any:
     """A copy of `payload` with `change(value)` in place of every value the model marks
-    secret, at any depth: the one walk behind masking, sealing and unsealing."""
-    if not isinstance(payload, dict):
+    secret, at any depth: the one walk behind masking, sealing and unsealing. A model
+    without secrets costs nothing (the submit path and every task start come here)."""
+    if not isinstance(payload, dict) or not has_secrets(model):
         return payload
     fields = _fields_by_key(model)
     out = {}
@@ -106,6 +107,7 @@ def _map_nested(model: type[BaseModel], value: Any, change: Callable[[Any], Any]
     return value
 
 
+@functools.cache
 def has_secrets(model: type[BaseModel]) -> bool:
     """Whether any field of `model`, at any depth, is secret (self-references included)."""
     seen, todo = set(), [model]
