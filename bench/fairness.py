@@ -137,6 +137,7 @@ def run_arm(arm: str, capacity: float, own: float, args: argparse.Namespace, tmp
     send, closer = sender(arm, server.url, args.deadline)
     client = server.client()
     try:
+        stats.flushdb()  # the capacity run's records would pass for this worker's first job
         send("warm-up", [{"submitted_at": time.time(), "priority": "NORMAL", "sleep_s": 0,
                           "tid": "warm-up"}])
         wait_until(lambda: stats.llen("bench:started:NORMAL") >= 1, 120, "the first job")

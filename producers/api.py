@@ -176,9 +176,10 @@ class Producer:
             raise Rejected(KILL_SWITCH, snap.level, prio, 30.0, task_name)
         # a countdown job is not due yet; the others wait behind what is queued, including
         # what this process sent since the last tick
-        wait = 0.0 if countdown else snap.wait_for(prio, self.monitor.admitted(),
-                                                   self.monitor.clock())
-        decision = admit(snap.level, prio, wait, deadline)
+        admitted, now = self.monitor.admitted(), self.monitor.clock()
+        wait = 0.0 if countdown else snap.wait_for(prio, admitted, now)
+        breaks = None if countdown else snap.breaks_promise(prio, admitted, now)
+        decision = admit(snap.level, prio, wait, deadline, breaks)
         if (decision.allowed and prio is not Priority.CRITICAL
                 and under_pressure(snap.level, wait, deadline)):
             room = share_capacity(snap.available(prio), wait, deadline)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from producers.pressure import Decision, decide
 from sluice.priorities import PressureLevel, Priority
 
-__all__ = ["Drain", "drain_after", "smooth", "predicted_wait", "admit", "DEADLINE", "HEADROOM",
+__all__ = ["Drain", "drain_after", "smooth", "predicted_wait", "broken_promise", "admit", "DEADLINE", "HEADROOM",
            "OVERTAKE_MARGIN"]
 
 DEADLINE = "DEADLINE"
@@ -50,7 +50,10 @@ def drain_after(previous: Drain, started: int, waiting: int, now: float,
     they can only raise the rate (capacity is at least that), which gives a cold start a
     floor to predict with; the first tick only sets the clock; the rate stays unknown until
     a first start is seen (then it can decay to 0 when workers stop: a rate of 0 is
-    measured, never assumed)."""
+    measured, never assumed). The first tick with work waiting measures capacity: it
+    replaces a floor rather than being averaged with it (a floor of 2 jobs/s from one
+    warm-up job dragged the first seconds of a burst down to a few jobs/s, and the gate
+    refused everyone's jobs for deadlines they would have met)."""
     if previous.at is None or now <= previous.at:
         return replace(previous, at=now)
     if waiting == 0:  # starts with an empty queue measure arrivals: a floor for capacity
@@ -60,6 +63,9 @@ def drain_after(previous: Drain, started: int, waiting: int, now: float,
                        rate=max(previous.rate or 0.0, started / (now - previous.at)))
     if previous.rate is None and not started:  # no evidence of capacity, or of its lack
         return Drain(rate=None, at=now)
+    if not previous.saturated:  # the first measure of capacity: a floor is not averaged in
+        return Drain(rate=max(previous.rate or 0.0, started / (now - previous.at)), at=now,
+                     saturated=True)
     return Drain(rate=smooth(previous.rate, started, now - previous.at, half_life_s), at=now,
                  saturated=True)
 
@@ -97,13 +103,48 @@ def predicted_wait(depths: Mapping[str, int], priority: Priority, rate: float | 
 
 
 
+def broken_promise(depths: Mapping[str, int], priority: Priority, rate: float | None,
+                   arrivals: Mapping[str, float] | None, time_left: Mapping[str, float],
+                   saturated: bool = True) -> float | None:
+    """Accepted means served in time for the jobs already accepted too: a job of `priority`
+    starts before every queued job of a lower priority, so admitting it delays them. When
+    the oldest job of a lower queue (`time_left`: seconds until its deadline, per queue)
+    would no longer start in time, behind the work queued above it, this job and the jobs
+    still arriving above it, this returns seconds to retry after (when the work up to that
+    queue would have drained); None when no promise is at risk. Without this a burst of
+    higher work, admitted while it fits its own deadline, starves the lower jobs accepted
+    before it (the overload bench: NORMAL and LOW accepted in a burst's first second, then
+    never started). A promise already broken (no time left) or an unknown rate is not
+    defended."""
+    if rate is None or rate <= 0:
+        return None
+    for lower in (p for p in Priority if p > priority):
+        left_s = time_left.get(lower.queue)
+        if not depths.get(lower.queue, 0) or left_s is None or left_s <= 0:
+            continue
+        above = [p for p in Priority if p < lower]
+        ahead = 1 + sum(depths.get(p.queue, 0) for p in above)
+        overtaking = sum((arrivals or {}).get(p.name, 0.0) for p in above)
+        left = rate - OVERTAKE_MARGIN * overtaking if saturated else rate
+        if left <= 0 or ahead / left > HEADROOM * left_s:
+            backlog = ahead + depths.get(lower.queue, 0)
+            return round(max(1.0, backlog / rate), 1)
+    return None
+
+
 def admit(level: PressureLevel, priority: Priority, wait_s: float,
-          deadline_s: float | None) -> Decision:
-    """DESIGN.md's depth table, and then the deadline: a job that would start after its
-    deadline (less the `HEADROOM`) is refused now (`DEADLINE`, retry when the backlog ahead would have drained)
-    rather than accepted to rot. CRITICAL has no deadline and is never refused."""
+          deadline_s: float | None, breaks_promise_s: float | None = None) -> Decision:
+    """DESIGN.md's depth table, and then the deadlines: a job that would start after its
+    own deadline (less the `HEADROOM`), or would make an accepted lower job start after
+    its deadline (`breaks_promise_s`: then retry after that many seconds, see
+    `broken_promise`), is refused now (`DEADLINE`, retry when the backlog ahead would have
+    drained) rather than accepted to rot. CRITICAL has no deadline and is never refused."""
     decision = decide(level, priority)
-    if not decision.allowed or priority is Priority.CRITICAL or deadline_s is None:
+    if not decision.allowed or priority is Priority.CRITICAL:
+        return decision
+    if breaks_promise_s is not None:
+        return Decision(allowed=False, reason=DEADLINE, retry_after_s=breaks_promise_s)
+    if deadline_s is None:
         return decision
     if wait_s + decision.delay_ms / 1000 <= HEADROOM * deadline_s:
         return decision

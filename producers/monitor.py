@@ -20,13 +20,13 @@ from dataclasses import dataclass, field
 
 import redis
 
-from producers.deadline import Drain, drain_after, predicted_wait, smooth
+from producers.deadline import Drain, broken_promise, drain_after, predicted_wait, smooth
 from producers.fairness import WINDOW_S, TenantRates, available_rate, busiest
 from producers.pressure import LevelState, Thresholds, level_for
 from sluice import keys
 from sluice.connections import hash_fields, texts
 from sluice.keys import SubmitOutcome
-from sluice.message import waited
+from sluice.message import expires_at, waited
 from sluice.priorities import QUEUES, PressureLevel, Priority
 
 __all__ = ["PressureEvent", "Snapshot", "PressureMonitor"]
@@ -79,6 +79,8 @@ class Snapshot:
     arrivals: dict[str, float] = field(default_factory=dict)
     #: per priority name: jobs/s offered and accepted per tenant, by every producer
     tenants: dict[str, TenantRates] = field(default_factory=dict)
+    #: per queue: when its oldest job's deadline passes (epoch seconds; no entry: none)
+    expires: dict[str, float] = field(default_factory=dict)
 
     def available(self, priority: Priority) -> float | None:
         """Jobs/s `priority` can start: the drain less what higher priorities take."""
@@ -87,23 +89,36 @@ class Snapshot:
     def wait_for(self, priority: Priority, admitted: Mapping[str, int] | None = None,
                  now: float | None = None) -> float:
         """The predicted wait before a job of `priority` submitted now starts; `admitted`:
-        jobs this process sent since the tick, per queue (the tick has not seen them). A
-        priority whose arrival rate is not measured yet (the first ticks of a burst) is
-        taken to arrive at the rate this process has been sending it since the tick. While
-        the drain rate is only an idle floor no arrivals are subtracted (they are the floor
-        itself; even one job just sent would count as more than an idle floor)."""
-        rate, saturated = self.drain.rate, self.drain.saturated
+        jobs this process sent since the tick, per queue (the tick has not seen them)."""
+        depths, arrivals = self._view(admitted, now)
+        return predicted_wait(depths, priority, self.drain.rate, arrivals, self.drain.saturated)
+
+    def breaks_promise(self, priority: Priority, admitted: Mapping[str, int] | None = None,
+                       now: float | None = None) -> float | None:
+        """Seconds to retry after when admitting a job of `priority` now would make the
+        oldest queued job of a lower priority start after its deadline; None otherwise."""
+        depths, arrivals = self._view(admitted, now)
+        at = self.at if now is None else now
+        left = {q: expires - at for q, expires in self.expires.items()}
+        return broken_promise(depths, priority, self.drain.rate, arrivals, left,
+                              self.drain.saturated)
+
+    def _view(self, admitted: Mapping[str, int] | None,
+              now: float | None) -> tuple[Mapping[str, int], Mapping[str, float]]:
+        """Depths and arrival rates as of now: the tick's, plus what this process sent since
+        (`admitted`, per queue). A priority whose arrival rate is not measured yet (the first
+        ticks of a burst) is taken to arrive at the rate this process has been sending it
+        since the tick. While the drain rate is only an idle floor no arrivals are
+        subtracted at all (they are the floor itself; even one job just sent would count
+        as more than an idle floor): see `predicted_wait`."""
         if not admitted:
-            return predicted_wait(self.depths, priority, rate, self.arrivals, saturated)
+            return self.depths, self.arrivals
         depths = {q: self.depths.get(q, 0) + admitted.get(q, 0) for q in QUEUES}
-        if now is None:
-            return predicted_wait(depths, priority, rate, self.arrivals, saturated)
+        if now is None or not self.drain.saturated:
+            return depths, self.arrivals
         elapsed = max(now - self.at, MIN_RATE_SPAN_S)
-        mine = {p.name: admitted.get(p.queue, 0) / elapsed for p in Priority}
-        if not saturated:  # an idle floor is the arrivals themselves: nothing to subtract
-            return predicted_wait(depths, priority, rate, saturated=False)
-        arrivals = {p.name: self.arrivals.get(p.name, mine[p.name]) for p in Priority}
-        return predicted_wait(depths, priority, rate, arrivals)
+        return depths, {p.name: self.arrivals.get(p.name, admitted.get(p.queue, 0) / elapsed)
+                        for p in Priority}
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +129,7 @@ class Sample:
     switches: dict[str, str]
     started: int
     oldest: dict[str, float]
+    expires: dict[str, float]  #: per queue, when the oldest job's deadline passes
     sent: dict[str, int]  #: every producer's jobs sent so far, per priority name
     tenants: dict[str, TenantRates]  #: the tenant windows' rates, per priority name
 
@@ -234,7 +250,8 @@ class PressureMonitor:
         with self._lock:
             self._admitted.clear()  # this sample counts them (or they are in flight: ms)
         return self._set(Snapshot(self._state.level, depth, sample.depths, sample.switches, now,
-                                  drain, sample.oldest, arrivals, sample.tenants))
+                                  drain, sample.oldest, arrivals, sample.tenants,
+                                  sample.expires))
 
     def _outage(self, now: float) -> Snapshot:
         """Redis is unreachable: level UNKNOWN, the last drain and arrivals kept as they were
@@ -307,6 +324,8 @@ class PressureMonitor:
             depths=dict(zip(QUEUES, (int(r) for r in replies[:n]), strict=True)),
             oldest={q: waited(raw, now) for q, raw in zip(QUEUES, replies[n:2 * n],
                                                           strict=True)},
+            expires={q: at for q, raw in zip(QUEUES, replies[n:2 * n], strict=True)
+                     if (at := expires_at(raw)) is not None},
             switches=texts(replies[2 * n]),
             started=int(replies[2 * n + 1] or 0),
             sent=_sent_by_priority(submitted),

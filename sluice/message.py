@@ -3,6 +3,7 @@ carries beside Celery's own, payload validation, and the masking of secret field
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import json
 import math
@@ -16,7 +17,7 @@ from sluice.errors import InvalidPayload
 
 __all__ = ["H_KEY", "H_SUBMITTED", "H_PRIORITY", "H_ORIGIN", "H_GENERATION", "H_TENANT",
            "DEFAULT_TENANT", "H_WORKFLOW", "H_WORKFLOW_STEP", "SECRET",
-           "MASK", "waited", "validate_payload", "mask_secrets", "map_secrets", "has_secrets",
+           "MASK", "waited", "expires_at", "validate_payload", "mask_secrets", "map_secrets", "has_secrets",
            "secret_fields"]
 
 #: what the job's effects are keyed by (the idempotency key, or a replayed job's original key)
@@ -52,6 +53,18 @@ def waited(raw: bytes | str | None, now: float) -> float:
     except (ValueError, KeyError, TypeError, AttributeError):
         return 0.0
     return max(0.0, now - submitted) if math.isfinite(submitted) else 0.0
+
+
+def expires_at(raw: bytes | str | None) -> float | None:
+    """When a queued message expires (its deadline to start), in epoch seconds; None when
+    it has no deadline or is not a message we can read."""
+    if not raw:
+        return None
+    try:
+        expires = json.loads(raw)["headers"]["expires"]
+        return dt.datetime.fromisoformat(expires).timestamp() if expires else None
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
 
 
 def validate_payload(task_name: str, model: type[BaseModel], payload: Any) -> BaseModel:

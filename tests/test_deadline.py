@@ -15,6 +15,7 @@ from producers.deadline import (
     OVERTAKE_MARGIN,
     Drain,
     admit,
+    broken_promise,
     drain_after,
     predicted_wait,
 )
@@ -52,6 +53,14 @@ def test_the_drain_follows_the_starts_and_ignores_idle_ticks() -> None:
     for step in range(1, 40):  # capacity halves: the rate follows within a few seconds
         slower = drain_after(slower, started=25, waiting=100, now=0.5 + step * 0.5)
     assert 49 < slower.rate < 52  # type: ignore[operator]
+
+
+def test_the_first_measure_of_capacity_replaces_a_floor_rather_than_averaging_with_it() -> None:
+    floor = drain_after(Drain(at=0.0), started=1, waiting=0, now=0.5)  # one warm-up job
+    assert floor.rate == 2.0 and not floor.saturated
+    burst = drain_after(floor, started=30, waiting=200, now=1.0)
+    assert burst.rate == 60.0 and burst.saturated
+    assert drain_after(floor, started=0, waiting=200, now=1.0).rate == 2.0  # still a floor
 
 
 @given(rate=st.floats(1, 1e5), started=st.integers(0, 10**6), waiting=st.integers(0, 10**6),
@@ -145,3 +154,68 @@ def test_on_an_idle_floor_nothing_is_subtracted_not_even_this_process_sends() ->
     assert idle.wait_for(P.HIGH, {}, now=100.5) == pytest.approx(1 / 2.0)
     # one HIGH job just sent by this process (4/s over the shortest span): still no refusal
     assert idle.wait_for(P.NORMAL, {"high": 1}, now=100.1) == pytest.approx(2 / 2.0)
+
+
+def test_a_higher_job_that_would_make_an_accepted_lower_job_late_is_refused() -> None:
+    depths = {"high": 40, "normal": 5}
+    # the oldest NORMAL job starts after 41 jobs at 10/s: 4.1 s, within 80 % of 10 s left
+    assert broken_promise(depths, P.HIGH, 10.0, {}, {"normal": 10.0}) is None
+    # with 5 s left it would not: the HIGH job is refused until the backlog has drained
+    assert broken_promise(depths, P.HIGH, 10.0, {}, {"normal": 5.0}) == (41 + 5) / 10.0
+    # the same for a CRITICAL job already queued ahead, and for HIGH jobs still arriving
+    assert broken_promise({"critical": 30, "high": 10, "normal": 5}, P.HIGH, 10.0, {},
+                          {"normal": 5.0}) is not None
+    assert broken_promise({"normal": 5}, P.HIGH, 10.0, {"HIGH": 8.0}, {"normal": 5.0}) \
+        is not None
+    # LOW is protected from NORMAL and HIGH alike; nothing is below LOW
+    assert broken_promise({"normal": 50, "low": 1}, P.NORMAL, 10.0, {}, {"low": 5.0}) \
+        is not None
+    assert broken_promise({"normal": 50, "low": 1}, P.LOW, 10.0, {}, {"low": 5.0}) is None
+
+
+@pytest.mark.parametrize("depths, rate, left, why", [
+    ({"normal": 5}, None, {"normal": 1.0}, "the drain rate is not measured yet"),
+    ({"normal": 5}, 0.0, {"normal": 1.0}, "no job starts: the job's own wait decides"),
+    ({"high": 99}, 10.0, {"normal": 1.0}, "no lower job is waiting"),
+    ({"high": 99, "normal": 5}, 10.0, {}, "the lower job has no deadline"),
+    ({"high": 99, "normal": 5}, 10.0, {"normal": -1.0}, "its promise is already broken"),
+    ({"high": 99, "normal": 5}, 10.0, {"normal": 60.0}, "it has time to spare"),
+])
+def test_no_refusal_without_a_promise_at_risk(depths: dict[str, int], rate: float | None,
+                                              left: dict[str, float], why: str) -> None:
+    assert broken_promise(depths, P.HIGH, rate, {}, left) is None, why
+
+
+@given(depths=st.dictionaries(st.sampled_from(["critical", "high", "normal", "low"]),
+                              st.integers(0, 10**4)),
+       priority=st.sampled_from(list(P)), rate=st.floats(0.1, 1e4),
+       arriving=st.floats(0, 1e4), left=st.floats(0.01, 1e4), shorter=st.floats(0, 1))
+def test_less_time_left_never_turns_a_refusal_into_an_admission(
+        depths: dict[str, int], priority: P, rate: float, arriving: float, left: float,
+        shorter: float) -> None:
+    arrivals = {"CRITICAL": arriving}
+    if broken_promise(depths, priority, rate, arrivals, {"low": left}) is not None:
+        assert broken_promise(depths, priority, rate, arrivals,
+                              {"low": left * shorter}) is not None or left * shorter <= 0
+
+
+@given(level=st.sampled_from(list(L)), priority=st.sampled_from(list(P)),
+       retry=st.floats(1, 1e4))
+def test_a_promise_at_risk_refuses_every_priority_but_critical(level: L, priority: P,
+                                                                retry: float) -> None:
+    got = admit(level, priority, 0.0, 60.0, breaks_promise_s=retry)
+    if priority is P.CRITICAL or not decide(level, priority).allowed:
+        assert got == decide(level, priority)
+    else:
+        assert not got.allowed and got.reason == DEADLINE and got.retry_after_s == retry
+
+
+def test_the_snapshot_counts_the_time_since_the_tick_against_the_oldest_job() -> None:
+    from producers.monitor import Snapshot
+
+    snap = Snapshot(L.NORMAL, depths={"high": 40, "normal": 5}, at=100.0,
+                    drain=Drain(rate=10.0, at=100.0, saturated=True),
+                    arrivals={p.name: 0.0 for p in P}, expires={"normal": 106.0})
+    assert snap.breaks_promise(P.HIGH, now=100.0) is None  # 4.1 s of work, 6 s left
+    assert snap.breaks_promise(P.HIGH, now=101.0) is not None  # 5 s left: 4.1 > 4
+    assert snap.breaks_promise(P.HIGH, {"high": 10}, now=100.0) is not None  # sent since

@@ -3,6 +3,8 @@ front a job that would start after its deadline, and follows a change of capacit
 
 from __future__ import annotations
 
+import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -43,6 +45,38 @@ def test_a_job_that_would_start_after_its_deadline_is_refused_up_front(
     assert submit("email.send", {"to": "a@b.io", "subject": "s"}, deadline=1.0).queue == "high"
     # and CRITICAL is never refused for time
     assert submit("audit.record", {"actor": "a", "action": "b"}).queue == "critical"
+
+
+def test_higher_work_arriving_later_does_not_starve_lower_jobs_accepted_before(
+        sluice_env: Env, processes: Processes) -> None:
+    """Found by the overload bench: NORMAL and LOW jobs accepted in a burst's first second
+    never started, because HIGH jobs admitted afterwards (each fitting its own deadline)
+    kept the workers busy past theirs. A HIGH job that would make an accepted NORMAL job
+    start late is refused instead (DEADLINE), and the NORMAL jobs start in time."""
+    processes.worker(concurrency=1, drain_seconds="1")
+    producer = default_producer()
+    producer.start()
+    slow = {"sleep_s": 0.1}  # 10 jobs/s
+    submit_many("demo.flaky", [slow] * 20, priority=Priority.HIGH)  # 2 s of HIGH work
+    wait_for(lambda: producer.monitor.current().drain.saturated
+             and producer.monitor.current().wait_for(Priority.NORMAL) < 2.0, timeout=20,
+             what="the capacity measured, and NORMAL fitting its deadline of 6 s")
+    normal = submit_many("data.sync", [{"source": "s", "destination": f"d{i}"}
+                                       for i in range(3)], deadline=6.0)
+    assert not [r for r in normal if isinstance(r, Rejected)]
+    refused: Counter[str] = Counter()
+    flood_until = time.monotonic() + 8.0  # longer than the NORMAL jobs' deadline
+    while time.monotonic() < flood_until:  # ~20 HIGH jobs/s offered: twice the capacity
+        out = submit_many("demo.flaky", [slow] * 2, priority=Priority.HIGH)
+        refused.update(r.reason for r in out if isinstance(r, Rejected))
+        time.sleep(0.1)  # the offer's pace, bounded by the 8 s above
+    wait_for(lambda: sluice_env.client.llen("normal") == 0, timeout=30,
+             what="the NORMAL queue served")
+    path = sluice_env.data_dir / "data.jsonl"
+    synced = path.read_text().splitlines() if path.exists() else []
+    assert len(synced) == 3, "every accepted NORMAL job ran"
+    assert sluice_env.client.hget(keys.EXPIRED, "data.sync") is None, "none of them late"
+    assert refused["DEADLINE"] > 0, "HIGH was refused to keep the promise"
 
 
 def test_the_predicted_wait_follows_a_loss_of_capacity(sluice_env: Env,
