@@ -81,6 +81,8 @@ class Snapshot:
     tenants: dict[str, TenantRates] = field(default_factory=dict)
     #: per queue: when its oldest job's deadline passes (epoch seconds; no entry: none)
     expires: dict[str, float] = field(default_factory=dict)
+    #: jobs/s offered per priority name (admitted or refused by the gate), by every producer
+    demand: dict[str, float] = field(default_factory=dict)
 
     def available(self, priority: Priority) -> float | None:
         """Jobs/s `priority` can start: the drain less what higher priorities take."""
@@ -89,35 +91,40 @@ class Snapshot:
     def wait_for(self, priority: Priority, admitted: Mapping[str, int] | None = None,
                  now: float | None = None) -> float:
         """The predicted wait before a job of `priority` submitted now starts; `admitted`:
-        jobs this process sent since the tick, per queue (the tick has not seen them)."""
-        depths, arrivals = self._view(admitted, now)
-        return predicted_wait(depths, priority, self.drain.rate, arrivals, self.drain.saturated)
+        jobs this process sent since the tick, per queue (the tick has not seen them). The
+        higher priorities overtake at the rate they are offered, refused jobs included:
+        while their demand is not met, a lower job is not admitted in the gaps (NORMAL and
+        LOW accepted while HIGH was refused was priority inversion, under overload)."""
+        depths, demand = self._view(admitted, now, self.arrivals | self.demand)
+        return predicted_wait(depths, priority, self.drain.rate, demand, self.drain.saturated)
 
     def breaks_promise(self, priority: Priority, admitted: Mapping[str, int] | None = None,
                        now: float | None = None) -> float | None:
         """Seconds to retry after when admitting a job of `priority` now would make the
-        oldest queued job of a lower priority start after its deadline; None otherwise."""
-        depths, arrivals = self._view(admitted, now)
+        oldest queued job of a lower priority start after its deadline; None otherwise.
+        Here the higher priorities overtake at the rate they are admitted: refusing them is
+        what keeps the promise."""
+        depths, arrivals = self._view(admitted, now, self.arrivals)
         at = self.at if now is None else now
         left = {q: expires - at for q, expires in self.expires.items()}
         return broken_promise(depths, priority, self.drain.rate, arrivals, left,
                               self.drain.saturated)
 
-    def _view(self, admitted: Mapping[str, int] | None,
-              now: float | None) -> tuple[Mapping[str, int], Mapping[str, float]]:
-        """Depths and arrival rates as of now: the tick's, plus what this process sent since
-        (`admitted`, per queue). A priority whose arrival rate is not measured yet (the first
-        ticks of a burst) is taken to arrive at the rate this process has been sending it
-        since the tick. While the drain rate is only an idle floor no arrivals are
+    def _view(self, admitted: Mapping[str, int] | None, now: float | None,
+              rates: Mapping[str, float]) -> tuple[Mapping[str, int], Mapping[str, float]]:
+        """Depths and `rates` (per priority name) as of now: the tick's depths plus what this
+        process sent since (`admitted`, per queue). A priority whose rate is not measured yet
+        (the first ticks of a burst) is taken to arrive at the rate this process has been
+        sending it since the tick. While the drain rate is only an idle floor no arrivals are
         subtracted at all (they are the floor itself; even one job just sent would count
         as more than an idle floor): see `predicted_wait`."""
         if not admitted:
-            return self.depths, self.arrivals
+            return self.depths, rates
         depths = {q: self.depths.get(q, 0) + admitted.get(q, 0) for q in QUEUES}
         if now is None or not self.drain.saturated:
-            return depths, self.arrivals
+            return depths, rates
         elapsed = max(now - self.at, MIN_RATE_SPAN_S)
-        return depths, {p.name: self.arrivals.get(p.name, admitted.get(p.queue, 0) / elapsed)
+        return depths, {p.name: rates.get(p.name, admitted.get(p.queue, 0) / elapsed)
                         for p in Priority}
 
 
@@ -131,6 +138,7 @@ class Sample:
     oldest: dict[str, float]
     expires: dict[str, float]  #: per queue, when the oldest job's deadline passes
     sent: dict[str, int]  #: every producer's jobs sent so far, per priority name
+    offered: dict[str, int]  #: and jobs offered so far (sent or refused by the gate)
     tenants: dict[str, TenantRates]  #: the tenant windows' rates, per priority name
 
 
@@ -157,7 +165,8 @@ class PressureMonitor:
         self._tick_lock = threading.Lock()
         self._started: int | None = None  # the shared job-start counter at the last tick
         self._reconnected_at = -math.inf  # when Redis answered again after an outage
-        self._sent: tuple[dict[str, int], float | None] = ({}, None)  # and the sent counters
+        #: the sent and offered counters at the last tick, and when
+        self._sent: tuple[dict[str, int], dict[str, int], float | None] = ({}, {}, None)
         self._admitted: collections.Counter[str] = collections.Counter()
         #: `keys.tenant_field` -> submissions since the last tick (flushed to the window)
         self._tenants: collections.Counter[str] = collections.Counter()
@@ -246,21 +255,21 @@ class PressureMonitor:
             self._reconnected_at = now  # workers are reconnecting too: no evidence for a while
         elif time.monotonic() - asked > self.stale_after:
             self._reconnected_at = now  # Redis stalled (paused, swapping): workers stalled too
-        drain, arrivals = self._drain(sample, depth, now), self._arrivals(sample.sent, now)
+        drain, (arrivals, demand) = self._drain(sample, depth, now), self._rates(sample, now)
         with self._lock:
             self._admitted.clear()  # this sample counts them (or they are in flight: ms)
         return self._set(Snapshot(self._state.level, depth, sample.depths, sample.switches, now,
                                   drain, sample.oldest, arrivals, sample.tenants,
-                                  sample.expires))
+                                  sample.expires, demand))
 
     def _outage(self, now: float) -> Snapshot:
         """Redis is unreachable: level UNKNOWN, the last drain and arrivals kept as they were
         (an outage measures nothing), and the counters re-read from scratch afterwards (a
         restarted Redis may have lost them)."""
-        self._started, self._sent = None, ({}, None)
+        self._started, self._sent = None, ({}, {}, None)
         last = self.snapshot
         return self._set(Snapshot(PressureLevel.UNKNOWN, at=now, drain=last.drain,
-                                  arrivals=last.arrivals))
+                                  arrivals=last.arrivals, demand=last.demand))
 
     def _drain(self, sample: Sample, depth: int, now: float) -> Drain:
         """The drain rate after this sample. The first sample after an outage only sets the
@@ -275,14 +284,21 @@ class PressureMonitor:
             return dataclasses.replace(drain, rate=max(last.rate, drain.rate or 0.0))
         return drain
 
-    def _arrivals(self, sent: dict[str, int], now: float) -> dict[str, float]:
-        """Per priority, the smoothed rate at which jobs are being sent (all producers)."""
-        before, at = self._sent
-        self._sent = (sent, now)
+    def _rates(self, sample: Sample, now: float) -> tuple[dict[str, float], dict[str, float]]:
+        """Per priority, the smoothed rates at which jobs are being sent and offered (all
+        producers)."""
+        sent, offered, at = self._sent
+        self._sent = (sample.sent, sample.offered, now)
+        last = self.snapshot
         if at is None or now <= at:
-            return self.snapshot.arrivals
-        return {p: smooth(self.snapshot.arrivals.get(p), max(0, n - before.get(p, 0)), now - at)
-                for p, n in sent.items()}
+            return last.arrivals, last.demand
+
+        def rates(now_counts: dict[str, int], before: dict[str, int],
+                  smoothed: dict[str, float]) -> dict[str, float]:
+            return {p: smooth(smoothed.get(p), max(0, n - before.get(p, 0)), now - at)
+                    for p, n in now_counts.items()}
+        return (rates(sample.sent, sent, last.arrivals),
+                rates(sample.offered, offered, last.demand))
 
     def admit(self, queue: str) -> None:
         """This process sent a job to `queue`: count it until the next tick sees it."""
@@ -328,7 +344,8 @@ class PressureMonitor:
                      if (at := expires_at(raw)) is not None},
             switches=texts(replies[2 * n]),
             started=int(replies[2 * n + 1] or 0),
-            sent=_sent_by_priority(submitted),
+            sent=_by_priority(submitted, _SENT),
+            offered=_by_priority(submitted, _OFFERED),
             tenants=tenant_rates(texts(replies[2 * n + 3]), texts(replies[current]),
                                   now - window * WINDOW_S))
 
@@ -406,16 +423,19 @@ class PressureMonitor:
 
 #: the submission outcomes that put a job on a queue
 _SENT = {SubmitOutcome.ACCEPTED.value, SubmitOutcome.DELAYED.value}
+#: and those that offered one to the gate (a kill switch's refusals are not demand)
+_OFFERED = _SENT | {SubmitOutcome.SHED.value}
 
 
-def _sent_by_priority(counters: Mapping[str, int]) -> dict[str, int]:
-    """Jobs sent so far per priority name, from the shared submission counters."""
-    sent: dict[str, int] = collections.Counter()
+def _by_priority(counters: Mapping[str, int], outcomes: set[str]) -> dict[str, int]:
+    """Submissions so far per priority name with one of `outcomes`, from the shared
+    submission counters."""
+    out: dict[str, int] = collections.Counter()
     for field_name, n in counters.items():
         priority, outcome = keys.parse_submission_field(field_name)
-        if outcome in _SENT:
-            sent[priority] += int(n)
-    return dict(sent)
+        if outcome in outcomes:
+            out[priority] += int(n)
+    return dict(out)
 
 
 def tenant_rates(last: dict[str, str], current: dict[str, str],

@@ -219,3 +219,20 @@ def test_the_snapshot_counts_the_time_since_the_tick_against_the_oldest_job() ->
     assert snap.breaks_promise(P.HIGH, now=100.0) is None  # 4.1 s of work, 6 s left
     assert snap.breaks_promise(P.HIGH, now=101.0) is not None  # 5 s left: 4.1 > 4
     assert snap.breaks_promise(P.HIGH, {"high": 10}, now=100.0) is not None  # sent since
+
+
+def test_while_a_higher_priority_is_refused_a_lower_one_is_not_admitted_in_the_gaps() -> None:
+    """Priority inversion found by the overload bench: HIGH refused (its jobs would have been
+    late) lowered HIGH's admitted rate, and NORMAL and LOW were admitted in that room. The
+    rate a lower job is left is the drain less what higher priorities are offered."""
+    from producers.monitor import Snapshot
+
+    snap = Snapshot(L.NORMAL, depths={"high": 50, "normal": 1}, at=100.0,
+                    drain=Drain(rate=50.0, at=100.0, saturated=True),
+                    arrivals={"CRITICAL": 10.0, "HIGH": 20.0},  # admitted
+                    demand={"CRITICAL": 10.0, "HIGH": 90.0},    # offered: HIGH is refused
+                    expires={"normal": 120.0})
+    assert snap.wait_for(P.NORMAL) == math.inf
+    assert snap.wait_for(P.HIGH) == pytest.approx(50 / (50.0 - OVERTAKE_MARGIN * 10.0))
+    # the promise check counts what is admitted: refusing HIGH is what keeps a promise
+    assert snap.breaks_promise(P.HIGH) is None  # 51 jobs at 12.5/s, in 80 % of 20 s
