@@ -26,7 +26,7 @@ from delivery.outbox import OutboxEntry, add_to_outbox, flush_outbox
 from delivery.sending import Outcome, Outgoing, Sent, fence, is_not_sent, send_many
 from producers import killswitch
 from producers.deadline import admit
-from producers.fairness import share_capacity, tenant_quota, under_pressure
+from producers.fairness import TENANT_QUOTA, share_capacity, tenant_quota, under_pressure
 from producers.monitor import PressureEvent, PressureMonitor, Snapshot
 from producers.plan import Plan, Receipt, check_countdown, task_for, tenant_of
 from producers.pressure import BROKER_UNAVAILABLE, KILL_SWITCH, Decision, Thresholds
@@ -187,7 +187,9 @@ class Producer:
                                     self.settings.tenant_weights) or decision
         self.monitor.count_tenant(prio, tenant, accepted=decision.allowed)
         if not decision.allowed:
-            self.monitor.count(submission_field(prio.name, SubmitOutcome.SHED))
+            outcome = SubmitOutcome.QUOTA if decision.reason == TENANT_QUOTA \
+                else SubmitOutcome.SHED
+            self.monitor.count(submission_field(prio.name, outcome))
             raise Rejected(decision.reason or "", snap.level, prio, decision.retry_after_s,
                            task_name)
         return decision
@@ -264,7 +266,7 @@ class Producer:
         """Redis is down: CRITICAL goes to the outbox, anything else is refused."""
         if plan.priority is Priority.CRITICAL:
             return self._outbox(plan)
-        self.monitor.count(submission_field(plan.priority.name, SubmitOutcome.SHED))
+        self.monitor.count(submission_field(plan.priority.name, SubmitOutcome.UNAVAILABLE))
         raise Rejected(BROKER_UNAVAILABLE, PressureLevel.UNKNOWN, plan.priority, 5.0,
                        plan.task_name)
 

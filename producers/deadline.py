@@ -5,8 +5,9 @@ Depth in jobs says nothing about waiting without the rate at which jobs start: 5
 are a second of work for a large fleet and an hour for one worker. The monitor counts job
 starts per tick; `drain_after` smooths them into a rate (an exponentially weighted average
 over the ticks when work was waiting, so an idle fleet does not look slow); `predicted_wait`
-is the work ahead of a new job under strict queue order divided by that rate; `admit` adds
-the deadline to DESIGN.md's depth table.
+is the work ahead of a new job under strict queue order divided by that rate;
+`broken_promise` says when admitting a job would make an accepted lower job late; `admit`
+adds both to DESIGN.md's depth table.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from dataclasses import dataclass, replace
 from producers.pressure import Decision, decide
 from sluice.priorities import PressureLevel, Priority
 
-__all__ = ["Drain", "drain_after", "smooth", "predicted_wait", "broken_promise", "admit", "DEADLINE", "HEADROOM",
-           "OVERTAKE_MARGIN"]
+__all__ = ["Drain", "drain_after", "smooth", "predicted_wait", "broken_promise", "admit",
+           "DEADLINE", "HEADROOM", "OVERTAKE_MARGIN"]
 
 DEADLINE = "DEADLINE"
 #: a job is admitted when its predicted wait fits in this fraction of its deadline: the
@@ -50,10 +51,10 @@ def drain_after(previous: Drain, started: int, waiting: int, now: float,
     they can only raise the rate (capacity is at least that), which gives a cold start a
     floor to predict with; the first tick only sets the clock; the rate stays unknown until
     a first start is seen (then it can decay to 0 when workers stop: a rate of 0 is
-    measured, never assumed). The first tick with work waiting measures capacity: it
-    replaces a floor rather than being averaged with it (a floor of 2 jobs/s from one
-    warm-up job dragged the first seconds of a burst down to a few jobs/s, and the gate
-    refused everyone's jobs for deadlines they would have met)."""
+    measured, never assumed). The first tick with work waiting and starts measures
+    capacity: it replaces a floor (never going below it) rather than being averaged with it
+    (a floor of 2 jobs/s from one warm-up job dragged the first seconds of a burst down to a
+    few jobs/s, and the gate refused everyone's jobs for deadlines they would have met)."""
     if previous.at is None or now <= previous.at:
         return replace(previous, at=now)
     if waiting == 0:  # starts with an empty queue measure arrivals: a floor for capacity
@@ -63,9 +64,9 @@ def drain_after(previous: Drain, started: int, waiting: int, now: float,
                        rate=max(previous.rate or 0.0, started / (now - previous.at)))
     if previous.rate is None and not started:  # no evidence of capacity, or of its lack
         return Drain(rate=None, at=now)
-    if not previous.saturated:  # the first measure of capacity: a floor is not averaged in
+    if not previous.saturated and started:  # the first measure of capacity: a floor is
         return Drain(rate=max(previous.rate or 0.0, started / (now - previous.at)), at=now,
-                     saturated=True)
+                     saturated=True)  # not averaged in (but capacity is at least the floor)
     return Drain(rate=smooth(previous.rate, started, now - previous.at, half_life_s), at=now,
                  saturated=True)
 
@@ -114,8 +115,10 @@ def broken_promise(depths: Mapping[str, int], priority: Priority, rate: float | 
     queue would have drained); None when no promise is at risk. Without this a burst of
     higher work, admitted while it fits its own deadline, starves the lower jobs accepted
     before it (the overload bench: NORMAL and LOW accepted in a burst's first second, then
-    never started). A promise already broken (no time left) or an unknown rate is not
-    defended."""
+    never started). Not defended: a promise already broken (no time left) or doomed (the
+    work queued above it takes longer than its time left, whatever is refused now), and
+    anything while the rate is unknown. Only each queue's oldest job is looked at (the
+    one the monitor reads): a younger job with a shorter deadline of its own is not."""
     if rate is None or rate <= 0:
         return None
     for lower in (p for p in Priority if p > priority):
@@ -123,12 +126,14 @@ def broken_promise(depths: Mapping[str, int], priority: Priority, rate: float | 
         if not depths.get(lower.queue, 0) or left_s is None or left_s <= 0:
             continue
         above = [p for p in Priority if p < lower]
-        ahead = 1 + sum(depths.get(p.queue, 0) for p in above)
+        queued = sum(depths.get(p.queue, 0) for p in above)
+        if queued / rate > left_s:
+            continue  # late whatever is refused now
         overtaking = sum((arrivals or {}).get(p.name, 0.0) for p in above)
         left = rate - OVERTAKE_MARGIN * overtaking if saturated else rate
-        if left <= 0 or ahead / left > HEADROOM * left_s:
-            backlog = ahead + depths.get(lower.queue, 0)
-            return round(max(1.0, backlog / rate), 1)
+        if left <= 0 or (queued + 1) / left > HEADROOM * left_s:
+            backlog = queued + 1 + depths.get(lower.queue, 0)
+            return round(max(1.0, min(backlog / rate, left_s)), 1)
     return None
 
 

@@ -105,7 +105,7 @@ class Snapshot:
         Here the higher priorities overtake at the rate they are admitted: refusing them is
         what keeps the promise."""
         depths, arrivals = self._view(admitted, now, self.arrivals)
-        at = self.at if now is None else now
+        at = self.at if now is None else now  # epoch seconds, like the messages' expiry
         left = {q: expires - at for q, expires in self.expires.items()}
         return broken_promise(depths, priority, self.drain.rate, arrivals, left,
                               self.drain.saturated)
@@ -423,7 +423,9 @@ class PressureMonitor:
 
 #: the submission outcomes that put a job on a queue
 _SENT = {SubmitOutcome.ACCEPTED.value, SubmitOutcome.DELAYED.value}
-#: and those that offered one to the gate (a kill switch's refusals are not demand)
+#: and those that asked for capacity: refused for room or time. Not demand: a kill switch's
+#: refusals, a tenant's jobs over its share (a noisy HIGH tenant held to its share must not
+#: shut NORMAL out for everyone), refusals while Redis is down.
 _OFFERED = _SENT | {SubmitOutcome.SHED.value}
 
 

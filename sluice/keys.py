@@ -24,7 +24,9 @@ class SubmitOutcome(enum.StrEnum):
 
     ACCEPTED = "accepted"  #: sent at once
     DELAYED = "delayed"  #: sent after the gate's delay
-    SHED = "shed"  #: refused by the gate (pressure, deadline, broker down)
+    SHED = "shed"  #: refused by the gate for room or time (pressure, deadline)
+    QUOTA = "quota"  #: refused for a tenant over its fair share
+    UNAVAILABLE = "unavailable"  #: refused because Redis could not be reached
     KILLED = "killed"  #: refused by a kill switch
     DUPLICATE = "duplicate"  #: its idempotency key was taken: nothing sent
     OUTBOXED = "outboxed"  #: kept in the CRITICAL outbox until Redis answers

@@ -17,8 +17,8 @@ from sluice.errors import InvalidPayload
 
 __all__ = ["H_KEY", "H_SUBMITTED", "H_PRIORITY", "H_ORIGIN", "H_GENERATION", "H_TENANT",
            "DEFAULT_TENANT", "H_WORKFLOW", "H_WORKFLOW_STEP", "SECRET",
-           "MASK", "waited", "expires_at", "validate_payload", "mask_secrets", "map_secrets", "has_secrets",
-           "secret_fields"]
+           "MASK", "waited", "expires_at", "validate_payload", "mask_secrets", "map_secrets",
+           "has_secrets", "secret_fields"]
 
 #: what the job's effects are keyed by (the idempotency key, or a replayed job's original key)
 H_KEY = "sluice_key"

@@ -60,7 +60,11 @@ def test_the_first_measure_of_capacity_replaces_a_floor_rather_than_averaging_wi
     assert floor.rate == 2.0 and not floor.saturated
     burst = drain_after(floor, started=30, waiting=200, now=1.0)
     assert burst.rate == 60.0 and burst.saturated
-    assert drain_after(floor, started=0, waiting=200, now=1.0).rate == 2.0  # still a floor
+    slow = drain_after(floor, started=1, waiting=200, now=1.0)  # 2 jobs/s is not below it
+    assert slow.rate == 2.0 and slow.saturated
+    # no start at all with work waiting: capacity may be gone, the rate decays from the floor
+    stuck = drain_after(floor, started=0, waiting=200, now=1.0)
+    assert stuck.saturated and stuck.rate is not None and stuck.rate < 2.0
 
 
 @given(rate=st.floats(1, 1e5), started=st.integers(0, 10**6), waiting=st.integers(0, 10**6),
@@ -162,6 +166,8 @@ def test_a_higher_job_that_would_make_an_accepted_lower_job_late_is_refused() ->
     assert broken_promise(depths, P.HIGH, 10.0, {}, {"normal": 10.0}) is None
     # with 5 s left it would not: the HIGH job is refused until the backlog has drained
     assert broken_promise(depths, P.HIGH, 10.0, {}, {"normal": 5.0}) == (41 + 5) / 10.0
+    # but never for longer than the promise it keeps has left
+    assert broken_promise(depths, P.HIGH, 10.0, {}, {"normal": 4.5}) == 4.5
     # the same for a CRITICAL job already queued ahead, and for HIGH jobs still arriving
     assert broken_promise({"critical": 30, "high": 10, "normal": 5}, P.HIGH, 10.0, {},
                           {"normal": 5.0}) is not None
@@ -180,6 +186,7 @@ def test_a_higher_job_that_would_make_an_accepted_lower_job_late_is_refused() ->
     ({"high": 99, "normal": 5}, 10.0, {}, "the lower job has no deadline"),
     ({"high": 99, "normal": 5}, 10.0, {"normal": -1.0}, "its promise is already broken"),
     ({"high": 99, "normal": 5}, 10.0, {"normal": 60.0}, "it has time to spare"),
+    ({"high": 99, "normal": 5}, 10.0, {"normal": 5.0}, "it is late whatever is refused now"),
 ])
 def test_no_refusal_without_a_promise_at_risk(depths: dict[str, int], rate: float | None,
                                               left: dict[str, float], why: str) -> None:
@@ -190,13 +197,15 @@ def test_no_refusal_without_a_promise_at_risk(depths: dict[str, int], rate: floa
                               st.integers(0, 10**4)),
        priority=st.sampled_from(list(P)), rate=st.floats(0.1, 1e4),
        arriving=st.floats(0, 1e4), left=st.floats(0.01, 1e4), shorter=st.floats(0, 1))
-def test_less_time_left_never_turns_a_refusal_into_an_admission(
+def test_less_time_left_never_turns_a_refusal_into_an_admission_unless_it_is_too_late(
         depths: dict[str, int], priority: P, rate: float, arriving: float, left: float,
         shorter: float) -> None:
     arrivals = {"CRITICAL": arriving}
+    above = sum(depths.get(q, 0) for q in ("critical", "high", "normal"))
+    doomed = left * shorter <= 0 or above / rate > left * shorter  # not defended
     if broken_promise(depths, priority, rate, arrivals, {"low": left}) is not None:
         assert broken_promise(depths, priority, rate, arrivals,
-                              {"low": left * shorter}) is not None or left * shorter <= 0
+                              {"low": left * shorter}) is not None or doomed
 
 
 @given(level=st.sampled_from(list(L)), priority=st.sampled_from(list(P)),
