@@ -1,7 +1,7 @@
 """Accepted means served in time: the deadline-aware gate against a well-tuned Celery.
 
     python bench/overload.py [--factor 5,10] [--duration S] [--deadlines HIGH=10,NORMAL=20,LOW=30]
-                             [--maxmemory 32mb] [--json PATH] [--plot PATH]
+                             [--maxmemory 32mb] [--kill-half-at S] [--json PATH] [--plot PATH]
 
 Measures the capacity of each arm's 2-process prefork worker on 20 ms jobs (a preloaded
 queue), then, for each factor, runs three arms, each on a fresh Redis with the same worker
@@ -28,6 +28,9 @@ has no deadline and is never dropped, that had not started by the end counts wit
 it had so far: a lower bound). Per arm: goodput (jobs started within their deadline per
 second of the overload, as a fraction of that arm's measured worker capacity), max depth,
 Redis memory peak; with `--maxmemory`, the CRITICAL publishes each arm's Redis refused.
+With `--kill-half-at S`, each arm's worker processes run as two workers and one is killed
+(SIGKILL) S seconds in: the promises made to jobs accepted after it, and how fast the gate's
+drain rate followed.
 Targets for the gated arm: late <= 1% of accepted at every priority; CRITICAL accepted 100%
 with p99 wait <= 1 s; goodput >= 90% of capacity.
 """
@@ -37,6 +40,7 @@ from __future__ import annotations
 import argparse
 import logging
 import random
+import signal
 import statistics
 import threading
 import time
@@ -219,9 +223,11 @@ def warm_up(send: Any, stats: Any) -> None:
 
 def run_arm(arm: str, factor: float, capacity: float, own_capacity: float, duration: float,
             deadlines: dict[str, float], maxmemory: str | None, tmp: Path,
-            stats: Any, stats_url: str) -> dict[str, Any]:
+            stats: Any, stats_url: str, kill_at: float | None = None) -> dict[str, Any]:
     """One arm on a fresh Redis: `factor` x `capacity` (the same offer for every arm), with
-    goodput as a fraction of this arm's own worker capacity."""
+    goodput as a fraction of this arm's own worker capacity. `kill_at`: run the worker
+    processes as two workers of one process each and SIGKILL one of them that many seconds
+    into the overload (half the capacity gone)."""
     folder = tmp / f"{arm}-{factor:g}x"
     server = redis_server(folder, maxmemory)
     env = bench_env(server.url, folder, **{f"max_wait_{p.lower()}": f"{d:g}"
@@ -235,8 +241,16 @@ def run_arm(arm: str, factor: float, capacity: float, own_capacity: float, durat
     client = server.client()
     stats.flushdb()
     app, extra = APPS[arm]
-    worker = start_worker(app, env, tmp / f"{arm}-{factor:g}x.log",
-                          concurrency=WORKER_PROCESSES, extra=extra)
+    if kill_at is None:
+        workers = [start_worker(app, env, tmp / f"{arm}-{factor:g}x.log",
+                                concurrency=WORKER_PROCESSES, extra=extra)]
+    else:  # the same processes, as two workers: one of them dies
+        workers = [start_worker(app, env, tmp / f"{arm}-{factor:g}x-{half}.log",
+                                concurrency=WORKER_PROCESSES // 2,
+                                name=f"bench-{half}@localhost", extra=extra)
+                   for half in ("a", "b")]
+    worker = workers[0]
+    killed: list[float] = []  # when one of them was killed, seconds into the overload
     mix = mix_for(factor)
     out, depths, gate = Offer(), [], []
     send, closer = sender(arm, server.url, deadlines, out)
@@ -271,10 +285,13 @@ def run_arm(arm: str, factor: float, capacity: float, own_capacity: float, durat
             depths.append(depth)
             if monitor is not None:
                 snap = monitor.snapshot
-                gate.append((snap.level.name, snap.drain.rate))
+                gate.append((time.time() - t0, snap.level.name, snap.drain.rate))
             return depth
 
         while any(t.is_alive() for t in threads):
+            if kill_at is not None and not killed and time.time() - t0 >= kill_at:
+                stop(workers[1], signal.SIGKILL, timeout=1)  # no warm shutdown: killed
+                killed.append(time.time() - t0)
             sample()
             time.sleep(0.25)
         t_end = time.time()
@@ -300,9 +317,12 @@ def run_arm(arm: str, factor: float, capacity: float, own_capacity: float, durat
             reset_default_producer()
         else:
             closer.close()
-        stop(worker, timeout=3)  # the arm is over: no drain needed
+        for w in workers:
+            stop(w, timeout=3)  # the arm is over: no drain needed
         server.stop()
     result = summarize(out, starts, deadlines, t0, t0 + duration, end, own_capacity)
+    if killed:
+        result["kill_half"] = after_kill(out, starts, deadlines, t0, killed[0], gate)
     target = factor * capacity * duration
     offered = sum(out.counts[f"{p}:offered"] for p in PRIORITIES)
     if offered < 0.95 * target:
@@ -321,15 +341,41 @@ def run_arm(arm: str, factor: float, capacity: float, own_capacity: float, durat
                   observed_s=round(end - t0, 1), mix=mix,
                   worker_exited_s=round(exited[0], 1) if exited else None)
     if arm == "gated":
-        rates = [r for _, r in gate if r is not None]
+        rates = [r for _, _, r in gate if r is not None]
         result["gate"] = {
             "start_counter_wired": wired,
             "drain_rate_p50": round(statistics.median(rates), 1) if rates else None,
-            "levels": dict(Counter(level for level, _ in gate)),
+            "levels": dict(Counter(level for _, level, _ in gate)),
             "actual_over_predicted_wait_p50": prediction_error(out, starts),
             "shed_reasons": {p: {k.split(":", 2)[2]: v for k, v in out.counts.items()
                                  if k.startswith(f"{p}:shed:")} for p in PRIORITIES}}
     result["_series"] = series(out, starts, t0)
+    return result
+
+
+def after_kill(out: Offer, starts: dict[str, float], deadlines: dict[str, float], t0: float,
+               killed_s: float, gate: list[tuple[float, str, float | None]]) -> dict[str, Any]:
+    """Half the workers killed `killed_s` into the overload: per priority, the promises made
+    to the jobs accepted after it; for the gated arm, its drain rate before (median of the
+    5 s before) and how long it took to come down to 62.5% of it (half, plus 25%)."""
+    late: dict[str, list[int]] = {p: [0, 0] for p in PRIORITIES}  # [late, accepted]
+    for tid, (prio, submitted_at) in out.submitted.items():
+        if submitted_at - t0 < killed_s:
+            continue
+        deadline, started = deadlines.get(prio), starts.get(tid)
+        late[prio][1] += 1
+        late[prio][0] += started is None or (deadline is not None
+                                             and started - submitted_at > deadline)
+    result: dict[str, Any] = {"at_s": round(killed_s, 1),
+                              "late_after": {p: {"late": n, "accepted": a}
+                                             for p, (n, a) in late.items()}}
+    before = [r for t, _, r in gate if killed_s - 5 <= t < killed_s and r is not None]
+    if before:
+        rate = statistics.median(before)
+        followed = next((t - killed_s for t, _, r in gate
+                         if t >= killed_s and r is not None and r <= 0.625 * rate), None)
+        result |= {"drain_rate_before": round(rate, 1),
+                   "drain_rate_followed_in_s": None if followed is None else round(followed, 2)}
     return result
 
 
@@ -514,6 +560,9 @@ def main() -> None:
                          "defaults are HIGH=10,NORMAL=60,LOW=300)")
     ap.add_argument("--maxmemory", default=None, help="cap each arm's Redis (e.g. 32mb)")
     ap.add_argument("--arms", default=",".join(ARMS), help="a subset of gated,tuned,plain")
+    ap.add_argument("--kill-half-at", type=float, default=None, metavar="S",
+                    help="run each arm's worker processes as two workers and SIGKILL one of "
+                         "them S seconds into the overload")
     ap.add_argument("--json", default=None, help="default bench/results/overload.json")
     ap.add_argument("--plot", default=None)
     args = ap.parse_args()
@@ -523,6 +572,8 @@ def main() -> None:
         ap.error("--factor takes positive numbers, --arms a subset of gated,tuned,plain")
     if not 0 < args.duration <= 3600:
         ap.error("--duration must be in (0, 3600] seconds")
+    if args.kill_half_at is not None and not 0 < args.kill_half_at < args.duration:
+        ap.error("--kill-half-at must be within the overload: (0, --duration) seconds")
     deadlines = parse_deadlines(args.deadlines)
     logging.getLogger("sluice.pressure").setLevel(logging.ERROR)  # the gate summary says it
 
@@ -556,7 +607,7 @@ def main() -> None:
                 t = time.monotonic()
                 runs[key][arm] = run_arm(arm, factor, capacity, capacities[arm],
                                          args.duration, deadlines, args.maxmemory, tmp,
-                                         stats, stats_server.url)
+                                         stats, stats_server.url, args.kill_half_at)
                 print(f"  {arm}: done in {time.monotonic() - t:.0f}s", flush=True)
     finally:
         stats_server.stop()
@@ -598,6 +649,14 @@ def report(runs: dict[str, dict[str, Any]], arms: list[str], capacity: float,
             if r["worker_exited_s"] is not None:
                 line += (f", WORKER EXITED {r['worker_exited_s']} s into the overload "
                          "(its log is in the run's temp folder)")
+            if "kill_half" in r:
+                k = r["kill_half"]
+                line += (f"; half the workers killed at {k['at_s']} s: accepted after it, late "
+                         + ", ".join(f"{p} {v['late']}/{v['accepted']}"
+                                     for p, v in k["late_after"].items()))
+                if "drain_rate_before" in k:
+                    line += (f"; drain rate {k['drain_rate_before']} jobs/s before, down to "
+                             f"62.5% of it {k['drain_rate_followed_in_s']} s after the kill")
             if arm == "gated":
                 g = r["gate"]
                 line += (f"; gate: drain rate p50 {g['drain_rate_p50']} jobs/s, levels "
@@ -636,6 +695,7 @@ def report(runs: dict[str, dict[str, Any]], arms: list[str], capacity: float,
                "capacity_by_arm": {a: round(c, 2) for a, c in capacities.items()},
                "duration_s": args.duration,
                "deadlines_s": deadlines, "maxmemory": args.maxmemory,
+               "kill_half_at_s": args.kill_half_at,
                "worker_processes": WORKER_PROCESSES, "job_s": JOB_S,
                "gated_targets_met": met_all if "gated" in arms else None, "runs": runs}
     print("JSON:", write_json("overload", results, args.json))

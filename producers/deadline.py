@@ -20,7 +20,7 @@ from producers.pressure import Decision, decide
 from sluice.priorities import PressureLevel, Priority
 
 __all__ = ["Drain", "drain_after", "smooth", "predicted_wait", "broken_promise", "admit",
-           "DEADLINE", "HEADROOM", "OVERTAKE_MARGIN"]
+           "DEADLINE", "HEADROOM", "OVERTAKE_MARGIN", "PROMISE_MARGIN_S"]
 
 DEADLINE = "DEADLINE"
 #: a job is admitted when its predicted wait fits in this fraction of its deadline: the
@@ -31,6 +31,9 @@ HEADROOM = 0.8
 #: when they take nearly all the capacity (the gate fills it with HIGH under overload) what
 #: is left for a lower priority is noise around zero. Jobs admitted on that noise starved.
 OVERTAKE_MARGIN = 1.25
+#: seconds before its deadline by which an accepted lower job must be able to start: higher
+#: work is admitted while it leaves that (the queue above then drains to nothing by then)
+PROMISE_MARGIN_S = 1.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -105,22 +108,27 @@ def predicted_wait(depths: Mapping[str, int], priority: Priority, rate: float | 
 
 
 def broken_promise(depths: Mapping[str, int], priority: Priority, rate: float | None,
-                   arrivals: Mapping[str, float] | None, time_left: Mapping[str, float],
-                   saturated: bool = True) -> float | None:
+                   time_left: Mapping[str, float], critical_rate: float = 0.0) -> float | None:
     """Accepted means served in time for the jobs already accepted too: a job of `priority`
     starts before every queued job of a lower priority, so admitting it delays them. When
     the oldest job of a lower queue (`time_left`: seconds until its deadline, per queue)
-    would no longer start in time, behind the work queued above it, this job and the jobs
-    still arriving above it, this returns seconds to retry after (when the work up to that
-    queue would have drained); None when no promise is at risk. Without this a burst of
-    higher work, admitted while it fits its own deadline, starves the lower jobs accepted
-    before it (the overload bench: NORMAL and LOW accepted in a burst's first second, then
-    never started). Not defended: a promise already broken (no time left) or doomed (the
-    work queued above it takes longer than its time left, whatever is refused now), and
+    would no longer start in time, with `PROMISE_MARGIN_S` to spare, behind the work queued
+    above it and this job, while CRITICAL jobs go on arriving at `critical_rate` (never
+    refused, they overtake whatever the gate does), this returns seconds to retry after
+    (when the work up to that queue would have drained); None when no promise is at risk.
+    The other priorities above are held by this same check, job by job: as the lower job's
+    time runs out the room for them shrinks faster than the queue drains, so the queue
+    above it is empty `PROMISE_MARGIN_S` / `HEADROOM` before its deadline. Rates of
+    refusable work are not used: a burst (a bulk replay) is not a rate. Without this a burst of higher work,
+    admitted while it fits its own deadline, starves the lower jobs accepted before it (the
+    overload bench: NORMAL and LOW accepted in a burst's first second, then never
+    started). Not defended: a promise already broken (no time left) or doomed (the work
+    queued above it takes longer than its time left, whatever is refused now), and
     anything while the rate is unknown. Only each queue's oldest job is looked at (the
     one the monitor reads): a younger job with a shorter deadline of its own is not."""
-    if rate is None or rate <= 0:
+    if rate is None or rate <= 0 or priority is Priority.CRITICAL:
         return None
+    left = rate - OVERTAKE_MARGIN * critical_rate
     for lower in (p for p in Priority if p > priority):
         left_s = time_left.get(lower.queue)
         if not depths.get(lower.queue, 0) or left_s is None or left_s <= 0:
@@ -129,9 +137,7 @@ def broken_promise(depths: Mapping[str, int], priority: Priority, rate: float | 
         queued = sum(depths.get(p.queue, 0) for p in above)
         if queued / rate > left_s:
             continue  # late whatever is refused now
-        overtaking = sum((arrivals or {}).get(p.name, 0.0) for p in above)
-        left = rate - OVERTAKE_MARGIN * overtaking if saturated else rate
-        if left <= 0 or (queued + 1) / left > HEADROOM * left_s:
+        if left <= 0 or (queued + 1) / left > HEADROOM * left_s - PROMISE_MARGIN_S:
             backlog = queued + 1 + depths.get(lower.queue, 0)
             return round(max(1.0, min(backlog / rate, left_s)), 1)
     return None

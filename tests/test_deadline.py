@@ -6,13 +6,14 @@ from __future__ import annotations
 import math
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from producers.deadline import (
     DEADLINE,
     HEADROOM,
     OVERTAKE_MARGIN,
+    PROMISE_MARGIN_S,
     Drain,
     admit,
     broken_promise,
@@ -139,14 +140,37 @@ def test_before_arrivals_are_measured_this_process_sends_count_as_overtaking() -
 
     snap = Snapshot(L.NORMAL, depths={"high": 10}, at=100.0,
                     drain=Drain(rate=50.0, at=100.0, saturated=True))
-    sent = {"high": 15}  # 30 jobs/s of HIGH over the last half second, from this process
-    assert snap.wait_for(P.NORMAL, sent) == pytest.approx(25 / 50.0)
-    assert snap.wait_for(P.NORMAL, sent, now=100.5) == pytest.approx(
-        25 / (50.0 - OVERTAKE_MARGIN * 30.0))
+    sent = {"high": 50}  # 100 jobs/s of HIGH over the last half second, from this process
+    assert snap.wait_for(P.NORMAL, sent) == pytest.approx(60 / 50.0)  # (no time: no rate)
+    assert snap.wait_for(P.NORMAL, sent, now=100.5) == math.inf  # 100/s > 50/s drained
     measured = Snapshot(L.NORMAL, depths={"high": 10}, at=100.0,
                         drain=Drain(rate=50.0, at=100.0, saturated=True),
                         arrivals={p.name: 0.0 for p in P})
-    assert measured.wait_for(P.NORMAL, sent, now=100.5) == pytest.approx(25 / 50.0)
+    assert measured.wait_for(P.NORMAL, sent, now=100.5) == pytest.approx(60 / 50.0)
+
+
+def test_higher_traffic_is_taken_out_of_the_drain_only_when_more_is_offered_than_drained(
+        ) -> None:
+    """A drain that keeps up with what arrives measures the arrivals, not capacity: taking
+    CRITICAL's 8 jobs/s out of a drain of 8 jobs/s refused NORMAL in a nearly idle system."""
+    from producers.monitor import OVERLOAD, Snapshot
+
+    def snap(critical: float) -> Snapshot:
+        return Snapshot(L.NORMAL, depths={"high": 1, "normal": 1}, at=100.0,
+                        drain=Drain(rate=8.0, at=100.0, saturated=True),
+                        arrivals={"CRITICAL": critical}, demand={"CRITICAL": critical},
+                        expires={"normal": 110.0})
+    keeping_up = snap(8.15)
+    assert keeping_up.wait_for(P.NORMAL) == pytest.approx(2 / 8.0)
+    assert keeping_up.breaks_promise(P.HIGH, now=100.0) is None
+    overloaded = snap(OVERLOAD * 8.0 + 0.1)
+    assert overloaded.wait_for(P.NORMAL) == math.inf
+    assert overloaded.breaks_promise(P.HIGH, now=100.0) is not None
+    # and a burst of LOW jobs is an overload, but takes nothing from above NORMAL's queue
+    burst = Snapshot(L.NORMAL, depths={"normal": 1, "low": 600}, at=100.0,
+                     drain=Drain(rate=8.0, at=100.0, saturated=True),
+                     demand={"LOW": 6000.0}, expires={"normal": 110.0, "low": 700.0})
+    assert burst.breaks_promise(P.HIGH, {"high": 3}, now=100.1) is None
 
 
 def test_on_an_idle_floor_nothing_is_subtracted_not_even_this_process_sends() -> None:
@@ -163,20 +187,51 @@ def test_on_an_idle_floor_nothing_is_subtracted_not_even_this_process_sends() ->
 def test_a_higher_job_that_would_make_an_accepted_lower_job_late_is_refused() -> None:
     depths = {"high": 40, "normal": 5}
     # the oldest NORMAL job starts after 41 jobs at 10/s: 4.1 s, within 80 % of 10 s left
-    assert broken_promise(depths, P.HIGH, 10.0, {}, {"normal": 10.0}) is None
+    assert broken_promise(depths, P.HIGH, 10.0, {"normal": 10.0}) is None
     # with 5 s left it would not: the HIGH job is refused until the backlog has drained
-    assert broken_promise(depths, P.HIGH, 10.0, {}, {"normal": 5.0}) == (41 + 5) / 10.0
+    assert broken_promise(depths, P.HIGH, 10.0, {"normal": 5.0}) == (41 + 5) / 10.0
     # but never for longer than the promise it keeps has left
-    assert broken_promise(depths, P.HIGH, 10.0, {}, {"normal": 4.5}) == 4.5
-    # the same for a CRITICAL job already queued ahead, and for HIGH jobs still arriving
-    assert broken_promise({"critical": 30, "high": 10, "normal": 5}, P.HIGH, 10.0, {},
+    assert broken_promise(depths, P.HIGH, 10.0, {"normal": 4.5}) == 4.5
+    # CRITICAL jobs queued ahead count, and so do those still arriving (never refused)
+    assert broken_promise({"critical": 30, "high": 10, "normal": 5}, P.HIGH, 10.0,
                           {"normal": 5.0}) is not None
-    assert broken_promise({"normal": 5}, P.HIGH, 10.0, {"HIGH": 8.0}, {"normal": 5.0}) \
+    assert broken_promise({"high": 20, "normal": 5}, P.HIGH, 10.0, {"normal": 5.0}) is None
+    assert broken_promise({"high": 20, "normal": 5}, P.HIGH, 10.0, {"normal": 5.0},
+                          critical_rate=4.0) is not None
+    # LOW is protected from NORMAL and HIGH alike; nothing is below LOW; CRITICAL is free
+    assert broken_promise({"normal": 50, "low": 1}, P.NORMAL, 10.0, {"low": 5.0}) \
         is not None
-    # LOW is protected from NORMAL and HIGH alike; nothing is below LOW
-    assert broken_promise({"normal": 50, "low": 1}, P.NORMAL, 10.0, {}, {"low": 5.0}) \
-        is not None
-    assert broken_promise({"normal": 50, "low": 1}, P.LOW, 10.0, {}, {"low": 5.0}) is None
+    assert broken_promise({"normal": 50, "low": 1}, P.LOW, 10.0, {"low": 5.0}) is None
+    assert broken_promise({"normal": 50, "low": 1}, P.CRITICAL, 10.0, {"low": 5.0}) is None
+
+
+def _start_of_a_lower_job(rate: float, deadline: float, offered: float,
+                          critical: float) -> float | None:
+    """When a NORMAL job accepted at 0 starts, while HIGH jobs are offered at `offered` x
+    the drain `rate` and admitted by `broken_promise` alone, and CRITICAL arrives at
+    `critical` jobs/s (a fluid queue above it, 20 ms steps); None if not by its deadline."""
+    step, queued, due, t = 0.02, 0.0, 0.0, 0.0
+    while t < deadline:
+        due += offered * rate * step
+        while due >= 1:
+            due -= 1
+            if broken_promise({"high": math.ceil(queued), "normal": 1}, P.HIGH, rate,
+                              {"normal": deadline - t}, critical) is None:
+                queued += 1
+        queued = max(0.0, queued + critical * step - rate * step)
+        if queued == 0.0:
+            return t
+        t += step
+    return None
+
+
+@settings(deadline=None, max_examples=60)
+@given(rate=st.floats(5, 200), deadline=st.floats(2, 60), offered=st.floats(1, 10),
+       critical=st.floats(0, 0.5))
+def test_higher_work_offered_without_end_leaves_an_accepted_lower_job_its_deadline(
+        rate: float, deadline: float, offered: float, critical: float) -> None:
+    start = _start_of_a_lower_job(rate, deadline, offered, critical * rate)
+    assert start is not None and start <= deadline - PROMISE_MARGIN_S
 
 
 @pytest.mark.parametrize("depths, rate, left, why", [
@@ -190,7 +245,7 @@ def test_a_higher_job_that_would_make_an_accepted_lower_job_late_is_refused() ->
 ])
 def test_no_refusal_without_a_promise_at_risk(depths: dict[str, int], rate: float | None,
                                               left: dict[str, float], why: str) -> None:
-    assert broken_promise(depths, P.HIGH, rate, {}, left) is None, why
+    assert broken_promise(depths, P.HIGH, rate, left) is None, why
 
 
 @given(depths=st.dictionaries(st.sampled_from(["critical", "high", "normal", "low"]),
@@ -200,12 +255,11 @@ def test_no_refusal_without_a_promise_at_risk(depths: dict[str, int], rate: floa
 def test_less_time_left_never_turns_a_refusal_into_an_admission_unless_it_is_too_late(
         depths: dict[str, int], priority: P, rate: float, arriving: float, left: float,
         shorter: float) -> None:
-    arrivals = {"CRITICAL": arriving}
     above = sum(depths.get(q, 0) for q in ("critical", "high", "normal"))
     doomed = left * shorter <= 0 or above / rate > left * shorter  # not defended
-    if broken_promise(depths, priority, rate, arrivals, {"low": left}) is not None:
-        assert broken_promise(depths, priority, rate, arrivals,
-                              {"low": left * shorter}) is not None or doomed
+    if broken_promise(depths, priority, rate, {"low": left}, arriving) is not None:
+        assert broken_promise(depths, priority, rate, {"low": left * shorter},
+                              arriving) is not None or doomed
 
 
 @given(level=st.sampled_from(list(L)), priority=st.sampled_from(list(P)),
@@ -224,9 +278,10 @@ def test_the_snapshot_counts_the_time_since_the_tick_against_the_oldest_job() ->
 
     snap = Snapshot(L.NORMAL, depths={"high": 40, "normal": 5}, at=100.0,
                     drain=Drain(rate=10.0, at=100.0, saturated=True),
-                    arrivals={p.name: 0.0 for p in P}, expires={"normal": 106.0})
-    assert snap.breaks_promise(P.HIGH, now=100.0) is None  # 4.1 s of work, 6 s left
-    assert snap.breaks_promise(P.HIGH, now=101.0) is not None  # 5 s left: 4.1 > 4
+                    arrivals={p.name: 0.0 for p in P}, expires={"normal": 107.0})
+    # 4.1 s of work, 7 s left: it fits in 80 % of them less the margin (4.6 s)
+    assert snap.breaks_promise(P.HIGH, now=100.0) is None
+    assert snap.breaks_promise(P.HIGH, now=101.0) is not None  # 6 s left: 4.1 > 3.8
     assert snap.breaks_promise(P.HIGH, {"high": 10}, now=100.0) is not None  # sent since
 
 
@@ -243,5 +298,6 @@ def test_while_a_higher_priority_is_refused_a_lower_one_is_not_admitted_in_the_g
                     expires={"normal": 120.0})
     assert snap.wait_for(P.NORMAL) == math.inf
     assert snap.wait_for(P.HIGH) == pytest.approx(50 / (50.0 - OVERTAKE_MARGIN * 10.0))
-    # the promise check counts what is admitted: refusing HIGH is what keeps a promise
-    assert snap.breaks_promise(P.HIGH) is None  # 51 jobs at 12.5/s, in 80 % of 20 s
+    # the promise check counts only CRITICAL as still arriving: HIGH is held job by job by
+    # the check itself (51 jobs at 50 - 1.25 x 10 jobs/s: 1.4 s, in 80 % of 20 s)
+    assert snap.breaks_promise(P.HIGH) is None

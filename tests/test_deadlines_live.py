@@ -60,17 +60,17 @@ def test_higher_work_arriving_later_does_not_starve_lower_jobs_accepted_before(
     submit_many("demo.flaky", [slow] * 20, priority=Priority.HIGH)  # 2 s of HIGH work
     wait_for(lambda: producer.monitor.current().drain.saturated
              and producer.monitor.current().wait_for(Priority.NORMAL) < 2.0, timeout=20,
-             what="the capacity measured, and NORMAL fitting its deadline of 6 s")
+             what="the capacity measured, and NORMAL fitting its deadline of 8 s")
     normal = submit_many("data.sync", [{"source": "s", "destination": f"d{i}"}
-                                       for i in range(3)], deadline=6.0)
+                                       for i in range(3)], deadline=8.0)
     assert not [r for r in normal if isinstance(r, Rejected)]
     refused: Counter[str] = Counter()  # HIGH refusals while NORMAL jobs were waiting
-    flood_until = time.monotonic() + 8.0  # longer than the NORMAL jobs' deadline
+    flood_until = time.monotonic() + 10.0  # longer than the NORMAL jobs' deadline
     while time.monotonic() < flood_until:  # ~20 HIGH jobs/s offered: twice the capacity
         out = submit_many("demo.flaky", [slow] * 2, priority=Priority.HIGH)
         if sluice_env.client.llen("normal"):
             refused.update(r.reason for r in out if isinstance(r, Rejected))
-        time.sleep(0.1)  # the offer's pace, bounded by the 8 s above
+        time.sleep(0.1)  # the offer's pace, bounded by the 10 s above
     wait_for(lambda: sluice_env.client.llen("normal") == 0, timeout=30,
              what="the NORMAL queue served")
     path = sluice_env.data_dir / "data.jsonl"
