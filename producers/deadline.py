@@ -47,20 +47,24 @@ class Drain:
     saturated: bool = False
 
 
-def drain_after(previous: Drain, started: int, waiting: int, now: float,
+def drain_after(previous: Drain, started: int, backlog: int, now: float,
                 half_life_s: float = 2.0) -> Drain:
-    """The drain after a tick that saw `started` job starts since `previous.at`, with
-    `waiting` jobs queued. With nothing waiting the starts follow arrivals, not capacity:
-    they can only raise the rate (capacity is at least that), which gives a cold start a
-    floor to predict with; the first tick only sets the clock; the rate stays unknown until
-    a first start is seen (then it can decay to 0 when workers stop: a rate of 0 is
-    measured, never assumed). The first tick with work waiting and starts measures
-    capacity: it replaces a floor (never going below it) rather than being averaged with it
-    (a floor of 2 jobs/s from one warm-up job dragged the first seconds of a burst down to a
-    few jobs/s, and the gate refused everyone's jobs for deadlines they would have met)."""
+    """The drain after a tick that saw `started` job starts since `previous.at`, when
+    `backlog` jobs were queued at `previous.at`. Only when the backlog was more than what
+    started did the queues never run dry, the workers never wait for work, and the starts
+    measure capacity. Otherwise they follow arrivals: they can only raise the rate
+    (capacity is at least that), which gives a cold start a floor to predict with. (A tick
+    that merely saw a job waiting at the sample is no evidence of capacity: probes at 8
+    jobs/s drained as they came read as a capacity of 8 jobs/s; and a gate holding queues
+    short read its own trickle as capacity and shut down a third of it.) The first tick
+    only sets the clock; the rate stays unknown until a first start is seen (then it can
+    decay to 0 when workers stop: a rate of 0 is measured, never assumed). The first
+    measure of capacity replaces a floor (never going below it) rather than being averaged
+    with it (a floor of 2 jobs/s from one warm-up job dragged the first seconds of a burst
+    down to a few jobs/s, and the gate refused everyone's jobs)."""
     if previous.at is None or now <= previous.at:
         return replace(previous, at=now)
-    if waiting == 0:  # starts with an empty queue measure arrivals: a floor for capacity
+    if backlog <= started:  # the queues ran dry: the starts follow arrivals, a floor
         if not started:
             return replace(previous, at=now)
         return replace(previous, at=now,
@@ -124,8 +128,10 @@ def broken_promise(depths: Mapping[str, int], priority: Priority, rate: float | 
     overload bench: NORMAL and LOW accepted in a burst's first second, then never
     started). Not defended: a promise already broken (no time left) or doomed (the work
     queued above it takes longer than its time left, whatever is refused now), and
-    anything while the rate is unknown. Only each queue's oldest job is looked at (the
-    one the monitor reads): a younger job with a shorter deadline of its own is not."""
+    anything while the rate is unknown. Only each queue's oldest job's deadline is known
+    (the monitor reads it): every job of that queue is held to it, which is right for a
+    burst (43 NORMAL jobs accepted in the same second: protecting the oldest alone, the
+    others started up to a second after their deadline) and errs early for the rest."""
     if rate is None or rate <= 0 or priority is Priority.CRITICAL:
         return None
     left = rate - OVERTAKE_MARGIN * critical_rate
@@ -137,9 +143,11 @@ def broken_promise(depths: Mapping[str, int], priority: Priority, rate: float | 
         queued = sum(depths.get(p.queue, 0) for p in above)
         if queued / rate > left_s:
             continue  # late whatever is refused now
-        if left <= 0 or (queued + 1) / left > HEADROOM * left_s - PROMISE_MARGIN_S:
-            backlog = queued + 1 + depths.get(lower.queue, 0)
-            return round(max(1.0, min(backlog / rate, left_s)), 1)
+        # the queue's last job starts after this one, the work above and the rest of its
+        # queue; its deadline is taken to be the oldest's (a burst's jobs share one)
+        last = queued + depths[lower.queue]
+        if left <= 0 or last / left > HEADROOM * left_s - PROMISE_MARGIN_S:
+            return round(max(1.0, min(last / rate, left_s)), 1)
     return None
 
 

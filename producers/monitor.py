@@ -291,7 +291,7 @@ class PressureMonitor:
         last = self.snapshot.drain
         if before is None or sample.started < before:  # no baseline, or Redis lost it
             return dataclasses.replace(last, at=now)
-        drain = drain_after(last, sample.started - before, depth, now)
+        drain = drain_after(last, sample.started - before, self.snapshot.depth, now)
         if now - self._reconnected_at < RECONNECT_GRACE_S and last.rate is not None:
             return dataclasses.replace(drain, rate=max(last.rate, drain.rate or 0.0))
         return drain

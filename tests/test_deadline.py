@@ -41,43 +41,57 @@ def test_no_work_ahead_no_wait_and_no_drain_with_work_ahead_is_forever() -> None
 
 
 def test_the_drain_follows_the_starts_and_ignores_idle_ticks() -> None:
-    d = drain_after(Drain(), started=0, waiting=0, now=0.0)
+    d = drain_after(Drain(), started=0, backlog=0, now=0.0)
     assert d == Drain(rate=None, at=0.0)
-    assert drain_after(d, started=0, waiting=100, now=0.4).rate is None  # nothing seen yet
-    d = drain_after(d, started=50, waiting=100, now=0.5)
+    assert drain_after(d, started=0, backlog=100, now=0.4).rate is None  # nothing seen yet
+    d = drain_after(d, started=50, backlog=100, now=0.5)
     assert d.rate == 100.0
-    idle = drain_after(d, started=3, waiting=0, now=10.0)  # a trickle, not the capacity
+    idle = drain_after(d, started=3, backlog=0, now=10.0)  # a trickle, not the capacity
     assert idle.rate == 100.0 and idle.at == 10.0
-    cold = drain_after(Drain(at=0.0), started=2, waiting=0, now=0.5)  # but at least that
+    cold = drain_after(Drain(at=0.0), started=2, backlog=0, now=0.5)  # but at least that
     assert cold.rate == 4.0 and not cold.saturated and d.saturated
     slower = d
     for step in range(1, 40):  # capacity halves: the rate follows within a few seconds
-        slower = drain_after(slower, started=25, waiting=100, now=0.5 + step * 0.5)
+        slower = drain_after(slower, started=25, backlog=100, now=0.5 + step * 0.5)
     assert 49 < slower.rate < 52  # type: ignore[operator]
 
 
+def test_starts_measure_capacity_only_when_the_queues_never_ran_dry() -> None:
+    # probes at 8 jobs/s, each waiting at a sample and drained as it came: not capacity
+    probes = drain_after(Drain(at=0.0), started=1, backlog=1, now=0.125)
+    assert probes.rate == 8.0 and not probes.saturated
+    # a gate holding the queues short: its trickle does not cut the measured capacity
+    held = drain_after(Drain(rate=74.0, at=0.0, saturated=True), started=20, backlog=10,
+                       now=0.5)
+    assert held.rate == 74.0
+    # a backlog that outlasts the interval: the starts are what the workers can do
+    busy = drain_after(Drain(rate=74.0, at=0.0, saturated=True), started=20, backlog=300,
+                       now=0.5)
+    assert busy.rate is not None and busy.rate < 74.0
+
+
 def test_the_first_measure_of_capacity_replaces_a_floor_rather_than_averaging_with_it() -> None:
-    floor = drain_after(Drain(at=0.0), started=1, waiting=0, now=0.5)  # one warm-up job
+    floor = drain_after(Drain(at=0.0), started=1, backlog=0, now=0.5)  # one warm-up job
     assert floor.rate == 2.0 and not floor.saturated
-    burst = drain_after(floor, started=30, waiting=200, now=1.0)
+    burst = drain_after(floor, started=30, backlog=200, now=1.0)
     assert burst.rate == 60.0 and burst.saturated
-    slow = drain_after(floor, started=1, waiting=200, now=1.0)  # 2 jobs/s is not below it
+    slow = drain_after(floor, started=1, backlog=200, now=1.0)  # 2 jobs/s is not below it
     assert slow.rate == 2.0 and slow.saturated
     # no start at all with work waiting: capacity may be gone, the rate decays from the floor
-    stuck = drain_after(floor, started=0, waiting=200, now=1.0)
+    stuck = drain_after(floor, started=0, backlog=200, now=1.0)
     assert stuck.saturated and stuck.rate is not None and stuck.rate < 2.0
 
 
-@given(rate=st.floats(1, 1e5), started=st.integers(0, 10**6), waiting=st.integers(0, 10**6),
+@given(rate=st.floats(1, 1e5), started=st.integers(0, 10**6), backlog=st.integers(0, 10**6),
        dt=st.floats(0.01, 60))
 def test_the_drain_stays_between_the_old_rate_and_the_sample(rate: float, started: int,
-                                                             waiting: int, dt: float) -> None:
-    new = drain_after(Drain(rate=rate, at=0.0), started, waiting, dt).rate
+                                                             backlog: int, dt: float) -> None:
+    new = drain_after(Drain(rate=rate, at=0.0, saturated=True), started, backlog, dt).rate
     assert new is not None
     sample = started / dt
-    if waiting:
+    if backlog > started:  # the workers were busy throughout: a measure of capacity
         assert min(rate, sample) - 1e-6 <= new <= max(rate, sample) + 1e-6
-    else:  # idle: the starts follow arrivals, a floor for capacity, never a cut
+    else:  # the queues ran dry: the starts follow arrivals, a floor, never a cut
         assert new == max(rate, sample)
 
 
@@ -186,12 +200,16 @@ def test_on_an_idle_floor_nothing_is_subtracted_not_even_this_process_sends() ->
 
 def test_a_higher_job_that_would_make_an_accepted_lower_job_late_is_refused() -> None:
     depths = {"high": 40, "normal": 5}
-    # the oldest NORMAL job starts after 41 jobs at 10/s: 4.1 s, within 80 % of 10 s left
+    # the last NORMAL job starts after 45 jobs at 10/s: 4.5 s, within 80 % of the oldest's
+    # 10 s left, less the margin
     assert broken_promise(depths, P.HIGH, 10.0, {"normal": 10.0}) is None
-    # with 5 s left it would not: the HIGH job is refused until the backlog has drained
-    assert broken_promise(depths, P.HIGH, 10.0, {"normal": 5.0}) == (41 + 5) / 10.0
+    # with 5 s left they would not: the HIGH job is refused until that backlog has drained
+    assert broken_promise(depths, P.HIGH, 10.0, {"normal": 5.0}) == (40 + 5) / 10.0
     # but never for longer than the promise it keeps has left
-    assert broken_promise(depths, P.HIGH, 10.0, {"normal": 4.5}) == 4.5
+    assert broken_promise(depths, P.HIGH, 10.0, {"normal": 4.2}) == 4.2
+    # a burst of lower jobs is held to its oldest's deadline, all of it
+    assert broken_promise({"high": 10, "normal": 65}, P.HIGH, 10.0, {"normal": 10.0}) \
+        is not None
     # CRITICAL jobs queued ahead count, and so do those still arriving (never refused)
     assert broken_promise({"critical": 30, "high": 10, "normal": 5}, P.HIGH, 10.0,
                           {"normal": 5.0}) is not None
