@@ -116,11 +116,13 @@ class Snapshot:
         return broken_promise(depths, priority, self.drain.rate, left, critical)
 
     def _overloaded(self, demand: Mapping[str, float]) -> bool:
-        """The drain rate is capacity, and more than it is offered (`OVERLOAD`): only then
-        do higher priorities' rates leave a lower one less than the drain rate."""
+        """More is offered than drained (`OVERLOAD`): only then do higher priorities' rates
+        leave a lower one less than the drain rate. The rate may still be a floor (the
+        first second of a burst): offered many times over, it is an overload all the same,
+        and waiting for a measure of capacity let a burst's HIGH jobs in as if CRITICAL
+        took nothing (late) and its NORMAL and LOW jobs as if HIGH took nothing."""
         rate = self.drain.rate
-        return (self.drain.saturated and rate is not None
-                and sum(demand.values()) > OVERLOAD * rate)
+        return rate is not None and sum(demand.values()) > OVERLOAD * rate
 
     def _view(self, admitted: Mapping[str, int] | None, now: float | None,
               rates: Mapping[str, float]) -> tuple[Mapping[str, int], Mapping[str, float]]:

@@ -200,8 +200,8 @@ def test_on_an_idle_floor_nothing_is_subtracted_not_even_this_process_sends() ->
 
 def test_a_higher_job_that_would_make_an_accepted_lower_job_late_is_refused() -> None:
     depths = {"high": 40, "normal": 5}
-    # the last NORMAL job starts after 45 jobs at 10/s: 4.5 s, within 80 % of the oldest's
-    # 10 s left, less the margin
+    # the last NORMAL job starts after 45 jobs at 10/s: 4.5 s, within the HEADROOM of the
+    # oldest's 10 s left, less the margin
     assert broken_promise(depths, P.HIGH, 10.0, {"normal": 10.0}) is None
     # with 5 s left they would not: the HIGH job is refused until that backlog has drained
     assert broken_promise(depths, P.HIGH, 10.0, {"normal": 5.0}) == (40 + 5) / 10.0
@@ -296,10 +296,11 @@ def test_the_snapshot_counts_the_time_since_the_tick_against_the_oldest_job() ->
 
     snap = Snapshot(L.NORMAL, depths={"high": 40, "normal": 5}, at=100.0,
                     drain=Drain(rate=10.0, at=100.0, saturated=True),
-                    arrivals={p.name: 0.0 for p in P}, expires={"normal": 107.0})
-    # 4.1 s of work, 7 s left: it fits in 80 % of them less the margin (4.6 s)
+                    arrivals={p.name: 0.0 for p in P}, expires={"normal": 108.0})
+    # 4.5 s of work before the last NORMAL job, 8 s left: it fits in the HEADROOM of
+    # them less the margin (5 s)
     assert snap.breaks_promise(P.HIGH, now=100.0) is None
-    assert snap.breaks_promise(P.HIGH, now=101.0) is not None  # 6 s left: 4.1 > 3.8
+    assert snap.breaks_promise(P.HIGH, now=101.0) is not None  # 7 s left: 4.5 > 4.25
     assert snap.breaks_promise(P.HIGH, {"high": 10}, now=100.0) is not None  # sent since
 
 
@@ -317,5 +318,19 @@ def test_while_a_higher_priority_is_refused_a_lower_one_is_not_admitted_in_the_g
     assert snap.wait_for(P.NORMAL) == math.inf
     assert snap.wait_for(P.HIGH) == pytest.approx(50 / (50.0 - OVERTAKE_MARGIN * 10.0))
     # the promise check counts only CRITICAL as still arriving: HIGH is held job by job by
-    # the check itself (51 jobs at 50 - 1.25 x 10 jobs/s: 1.4 s, in 80 % of 20 s)
+    # the check itself (51 jobs at 50 - 1.25 x 10 jobs/s: 1.4 s, well within 20 s)
     assert snap.breaks_promise(P.HIGH) is None
+
+
+def test_a_burst_offered_many_times_over_a_floor_is_an_overload_already() -> None:
+    """The first second of a burst: the rate is still a floor (the queues ran dry since the
+    last tick), but what is offered is many times it. Waiting for a measure of capacity let
+    HIGH in as if CRITICAL took nothing (7 HIGH jobs late at 10x) and NORMAL and LOW as if
+    HIGH took nothing (580 of them, which then held HIGH off for 20 s)."""
+    from producers.monitor import Snapshot
+
+    snap = Snapshot(L.NORMAL, depths={"high": 40, "normal": 0}, at=100.0,
+                    drain=Drain(rate=60.0, at=100.0, saturated=False),
+                    demand={"CRITICAL": 30.0, "HIGH": 120.0, "NORMAL": 180.0})
+    assert snap.wait_for(P.HIGH) == pytest.approx(40 / (60.0 - OVERTAKE_MARGIN * 30.0))
+    assert snap.wait_for(P.NORMAL) == math.inf
