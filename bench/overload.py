@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import random
 import signal
 import statistics
@@ -290,7 +291,8 @@ def run_arm(arm: str, factor: float, capacity: float, own_capacity: float, durat
 
         while any(t.is_alive() for t in threads):
             if kill_at is not None and not killed and time.time() - t0 >= kill_at:
-                stop(workers[1], signal.SIGKILL, timeout=1)  # no warm shutdown: killed
+                os.killpg(workers[1].pid, signal.SIGKILL)  # no warm shutdown: the worker
+                # and its pool processes die at once (it runs in a session of its own)
                 killed.append(time.time() - t0)
             sample()
             time.sleep(0.25)
