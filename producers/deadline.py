@@ -129,14 +129,17 @@ def broken_promise(depths: Mapping[str, int], priority: Priority, rate: float | 
     admitted while it fits its own deadline, starves the lower jobs accepted before it (the
     overload bench: NORMAL and LOW accepted in a burst's first second, then never
     started). Not defended: a promise already broken (no time left) or doomed (the work
-    queued above it takes longer than its time left, whatever is refused now), and
-    anything while the rate is unknown. Only each queue's oldest job's deadline is known
+    queued above it takes longer than its time left, or CRITICAL alone takes the whole
+    drain: whatever is refused now), and anything while the rate is unknown (refusing
+    every HIGH job on a drain rate misread for a moment helps no one). Only each queue's oldest job's deadline is known
     (the monitor reads it): every job of that queue is held to it, which is right for a
     burst (43 NORMAL jobs accepted in the same second: protecting the oldest alone, the
     others started up to a second after their deadline) and errs early for the rest."""
     if rate is None or rate <= 0 or priority is Priority.CRITICAL:
         return None
     left = rate - OVERTAKE_MARGIN * critical_rate
+    if left <= 0:  # CRITICAL alone takes it all: every lower job is late whatever is refused
+        return None
     for lower in (p for p in Priority if p > priority):
         left_s = time_left.get(lower.queue)
         if not depths.get(lower.queue, 0) or left_s is None or left_s <= 0:
@@ -148,7 +151,7 @@ def broken_promise(depths: Mapping[str, int], priority: Priority, rate: float | 
         # the queue's last job starts after this one, the work above and the rest of its
         # queue; its deadline is taken to be the oldest's (a burst's jobs share one)
         last = queued + depths[lower.queue]
-        if left <= 0 or last / left > HEADROOM * left_s - PROMISE_MARGIN_S:
+        if last / left > HEADROOM * left_s - PROMISE_MARGIN_S:
             return round(max(1.0, min(last / rate, left_s)), 1)
     return None
 

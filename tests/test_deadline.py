@@ -169,17 +169,20 @@ def test_higher_traffic_is_taken_out_of_the_drain_only_when_more_is_offered_than
     CRITICAL's 8 jobs/s out of a drain of 8 jobs/s refused NORMAL in a nearly idle system."""
     from producers.monitor import OVERLOAD, Snapshot
 
-    def snap(critical: float) -> Snapshot:
+    def snap(critical: float, low: float = 0.0) -> Snapshot:
         return Snapshot(L.NORMAL, depths={"high": 1, "normal": 1}, at=100.0,
                         drain=Drain(rate=8.0, at=100.0, saturated=True),
-                        arrivals={"CRITICAL": critical}, demand={"CRITICAL": critical},
-                        expires={"normal": 110.0})
+                        arrivals={"CRITICAL": critical},
+                        demand={"CRITICAL": critical, "LOW": low}, expires={"normal": 102.0})
     keeping_up = snap(8.15)
     assert keeping_up.wait_for(P.NORMAL) == pytest.approx(2 / 8.0)
     assert keeping_up.breaks_promise(P.HIGH, now=100.0) is None
-    overloaded = snap(OVERLOAD * 8.0 + 0.1)
-    assert overloaded.wait_for(P.NORMAL) == math.inf
-    assert overloaded.breaks_promise(P.HIGH, now=100.0) is not None
+    assert snap(OVERLOAD * 8.0 + 0.1).wait_for(P.NORMAL) == math.inf
+    # under overload CRITICAL's 4 jobs/s leave the NORMAL job 3 jobs/s: 2 jobs take 0.67 s,
+    # more than its 2 s left allow (75 %, less the 1 s margin)
+    assert snap(4.0, low=20.0).breaks_promise(P.HIGH, now=100.0) is not None
+    # CRITICAL alone taking the whole drain: late whatever is refused, so nothing is
+    assert snap(8.0, low=20.0).breaks_promise(P.HIGH, now=100.0) is None
     # and a burst of LOW jobs is an overload, but takes nothing from above NORMAL's queue
     burst = Snapshot(L.NORMAL, depths={"normal": 1, "low": 600}, at=100.0,
                      drain=Drain(rate=8.0, at=100.0, saturated=True),
