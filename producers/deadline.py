@@ -4,7 +4,7 @@ dataclasses out, time passed in).
 Depth in jobs says nothing about waiting without the rate at which jobs start: 5,000 jobs
 are a second of work for a large fleet and an hour for one worker. The monitor counts job
 starts per tick; `drain_after` smooths them into a rate (an exponentially weighted average
-over the ticks when work was waiting, so an idle fleet does not look slow); `predicted_wait`
+over the ticks when the queues never ran dry, so an idle fleet does not look slow); `predicted_wait`
 is the work ahead of a new job under strict queue order divided by that rate;
 `broken_promise` says when admitting a job would make an accepted lower job late; `admit`
 adds both to DESIGN.md's depth table.
@@ -115,26 +115,24 @@ def predicted_wait(depths: Mapping[str, int], priority: Priority, rate: float | 
 
 def broken_promise(depths: Mapping[str, int], priority: Priority, rate: float | None,
                    time_left: Mapping[str, float], critical_rate: float = 0.0) -> float | None:
-    """Accepted means served in time for the jobs already accepted too: a job of `priority`
-    starts before every queued job of a lower priority, so admitting it delays them. When
-    the oldest job of a lower queue (`time_left`: seconds until its deadline, per queue)
-    would no longer start in time, with `PROMISE_MARGIN_S` to spare, behind the work queued
-    above it and this job, while CRITICAL jobs go on arriving at `critical_rate` (never
-    refused, they overtake whatever the gate does), this returns seconds to retry after
-    (when the work up to that queue would have drained); None when no promise is at risk.
-    The other priorities above are held by this same check, job by job: as the lower job's
-    time runs out the room for them shrinks faster than the queue drains, so the queue
-    above it is empty `PROMISE_MARGIN_S` / `HEADROOM` before its deadline. Rates of
-    refusable work are not used: a burst (a bulk replay) is not a rate. Without this a burst of higher work,
-    admitted while it fits its own deadline, starves the lower jobs accepted before it (the
-    overload bench: NORMAL and LOW accepted in a burst's first second, then never
-    started). Not defended: a promise already broken (no time left) or doomed (the work
-    queued above it takes longer than its time left, or CRITICAL alone takes the whole
-    drain: whatever is refused now), and anything while the rate is unknown (refusing
-    every HIGH job on a drain rate misread for a moment helps no one). Only each queue's oldest job's deadline is known
-    (the monitor reads it): every job of that queue is held to it, which is right for a
-    burst (43 NORMAL jobs accepted in the same second: protecting the oldest alone, the
-    others started up to a second after their deadline) and errs early for the rest."""
+    """Accepted means served in time for the jobs already accepted too. A job of
+    `priority` starts before every queued job of a lower priority, so admitting it delays
+    them; without this check a burst of higher work, each job fitting its own deadline,
+    starved the NORMAL and LOW jobs accepted in the burst's first second (overload bench).
+
+    Returns seconds to retry after (when that backlog would have drained) if, after this
+    job and the work queued above, the jobs of a lower queue would not start
+    `PROMISE_MARGIN_S` before the deadline of its oldest job (`time_left`, per queue; the
+    only deadline the monitor reads, so every job of the queue is held to it: right for a
+    burst's jobs, early for the rest), within the `HEADROOM`, while CRITICAL goes on
+    arriving at `critical_rate`; None otherwise. CRITICAL is never refused, so it is the
+    only rate used: refusable work above is held job by job by this same check (as the
+    lower job's time runs out its room shrinks faster than the queue drains, so the queue
+    above is empty `PROMISE_MARGIN_S` / `HEADROOM` before the deadline), and a burst such
+    as a bulk replay is not a rate. Not defended: a promise already broken, one that is
+    doomed whatever is refused now (the work queued above takes longer than its time
+    left, or CRITICAL alone takes the whole drain), and anything while the rate is
+    unknown."""
     if rate is None or rate <= 0 or priority is Priority.CRITICAL:
         return None
     left = rate - OVERTAKE_MARGIN * critical_rate

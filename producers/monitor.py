@@ -129,9 +129,8 @@ class Snapshot:
         """Depths and `rates` (per priority name) as of now: the tick's depths plus what this
         process sent since (`admitted`, per queue). A priority whose rate is not measured yet
         (the first ticks of a burst) is taken to arrive at the rate this process has been
-        sending it since the tick. While the drain rate is only an idle floor no arrivals are
-        subtracted at all (they are the floor itself; even one job just sent would count
-        as more than an idle floor): see `predicted_wait`."""
+        sending it since the tick, but not while the drain rate is only a floor (one job
+        just sent would count as more than an idle floor, and as an overload)."""
         if not admitted:
             return self.depths, rates
         depths = {q: self.depths.get(q, 0) + admitted.get(q, 0) for q in QUEUES}
@@ -269,7 +268,7 @@ class PressureMonitor:
             self._reconnected_at = now  # workers are reconnecting too: no evidence for a while
         elif time.monotonic() - asked > self.stale_after:
             self._reconnected_at = now  # Redis stalled (paused, swapping): workers stalled too
-        drain, (arrivals, demand) = self._drain(sample, depth, now), self._rates(sample, now)
+        drain, (arrivals, demand) = self._drain(sample, now), self._rates(sample, now)
         with self._lock:
             self._admitted.clear()  # this sample counts them (or they are in flight: ms)
         return self._set(Snapshot(self._state.level, depth, sample.depths, sample.switches, now,
@@ -285,7 +284,7 @@ class PressureMonitor:
         return self._set(Snapshot(PressureLevel.UNKNOWN, at=now, drain=last.drain,
                                   arrivals=last.arrivals, demand=last.demand))
 
-    def _drain(self, sample: Sample, depth: int, now: float) -> Drain:
+    def _drain(self, sample: Sample, now: float) -> Drain:
         """The drain rate after this sample. The first sample after an outage only sets the
         baseline; for `RECONNECT_GRACE_S` after it the rate may rise but not fall, because
         jobs that do not start while workers reconnect say nothing about capacity."""
@@ -293,6 +292,7 @@ class PressureMonitor:
         last = self.snapshot.drain
         if before is None or sample.started < before:  # no baseline, or Redis lost it
             return dataclasses.replace(last, at=now)
+        # the backlog the workers had at the last tick (after an outage: no baseline, above)
         drain = drain_after(last, sample.started - before, self.snapshot.depth, now)
         if now - self._reconnected_at < RECONNECT_GRACE_S and last.rate is not None:
             return dataclasses.replace(drain, rate=max(last.rate, drain.rate or 0.0))
