@@ -72,6 +72,14 @@ def text_of(chrome: webdriver.Chrome, element_id: str) -> str:
     return str(chrome.find_element(By.ID, element_id).text)
 
 
+def shown(chrome: webdriver.Chrome, element_id: str) -> str:
+    """The text of `element_id` once the page that has it is there: a click on a form's
+    button returns before the browser has loaded the page the form posts to (a fresh-clone
+    run found no #gate-note right after the click)."""
+    return str(wait_for(lambda: text_of(chrome, element_id), timeout=10,
+                        what=f"the page showing #{element_id}"))
+
+
 def test_an_operator_in_chromium_and_a_client_over_http(
         sluice_env: Env, processes: Processes, chromium: webdriver.Chrome) -> None:
     """Log in; the pressure page moves while a burst queues; filter the dead letters,
@@ -102,10 +110,10 @@ def test_an_operator_in_chromium_and_a_client_over_http(
                  timeout=10, what="the filtered list")
         shot(chromium, "console-dead-letters")
         chromium.find_element(By.XPATH, "//button[starts-with(., 'Replay all 3')]").click()
-        assert "through the gate" in text_of(chromium, "gate-note")
+        assert "through the gate" in shown(chromium, "gate-note")
         shot(chromium, "console-confirm")
         chromium.find_element(By.ID, "confirm").click()
-        assert "replayed\n3" in text_of(chromium, "outcome").replace(" ", "\n")
+        assert "replayed\n3" in shown(chromium, "outcome").replace(" ", "\n")
 
         with httpx.Client(base_url=base, timeout=10) as http:  # keep-alive
             r = http.post("/v1/jobs/email.send", json=EMAIL, headers=bearer(SUBMIT))
