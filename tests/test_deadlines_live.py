@@ -70,7 +70,9 @@ def test_higher_work_arriving_later_does_not_starve_lower_jobs_accepted_before(
         out = submit_many("demo.flaky", [slow] * 2, priority=Priority.HIGH)
         if sluice_env.client.llen("normal"):
             refused.update(r.reason for r in out if isinstance(r, Rejected))
-        time.sleep(0.1)  # the offer's pace, bounded by the 10 s above
+        seen = producer.monitor.snapshot.at  # the offer's pace: two jobs per gate tick
+        wait_for(lambda seen=seen: producer.monitor.snapshot.at > seen, timeout=5,
+                 interval=0.01, what="the gate's next tick")
     wait_for(lambda: sluice_env.client.llen("normal") == 0, timeout=30,
              what="the NORMAL queue served")
     path = sluice_env.data_dir / "data.jsonl"

@@ -43,7 +43,9 @@ def test_a_noisy_tenant_is_held_to_its_share_and_quiet_tenants_all_get_through(
         noisy += [o.reason if isinstance(o, Rejected) else "accepted"
                   for o in submit_many("demo.flaky", [JOB] * 10, tenant="noisy")]
         rounds += 1
-        time.sleep(0.1)
+        seen = producer.monitor.snapshot.at  # the offer's pace: a round per tick
+        wait_for(lambda seen=seen: producer.monitor.snapshot.at > seen, timeout=5,
+                 interval=0.01, what="the gate's next tick")
     assert noisy.count("TENANT_QUOTA") > len(noisy) / 2, noisy
     assert len(quiet) >= 30  # every quiet submission was accepted (none raised)
 

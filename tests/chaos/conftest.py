@@ -61,7 +61,7 @@ class Load:
                 except Exception as exc:
                     self.errors.append(exc)
                 n += 1
-                time.sleep(1 / rate)
+                self.stop.wait(1 / rate)  # the offer's pace; stops at once when told
 
         self.thread = threading.Thread(target=offer, daemon=True)
         self.thread.start()

@@ -17,6 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from delivery.spool import spool_sizes
 from dlq.drain import drain_spool
 from dlq.store import DeadLetterStore
 from producers import InvalidPayload, UnknownTask, submit
@@ -68,7 +69,9 @@ def test_worker_sigkilled_every_few_seconds_loses_nothing(sluice_env: Env,
     load.run(duration(10))
     kills, deadline = 0, time.monotonic() + duration(10)
     while time.monotonic() < deadline:
-        time.sleep(2.5)  # the chaos schedule: one kill every few seconds
+        done = len(completed())  # the next kill once the worker is doing work again
+        wait_for(lambda done=done: len(completed()) >= done + 20, timeout=30,
+                 what=f"jobs completing after kill {kills}")
         children = worker.children()
         if kills % 2 == 0 and children:
             os.kill(children[0], signal.SIGKILL)  # a pool process dies mid-job
@@ -104,9 +107,12 @@ def test_redis_restarted_during_load_loses_no_accepted_job(aof_redis: Env, load:
     try:
         worker = procs.worker(concurrency=2, **FAST_RESTORE, **RECONCILE_FAST)
         load.run(duration(12))
-        time.sleep(duration(12) / 3)  # let the load run before the outage
+        wait_for(lambda: len(completed()) >= 20, timeout=30,  # the load is running
+                 what="jobs completing before the outage")
+        refused = len(load.rejected)
         aof_redis.redis.stop()
-        time.sleep(2)  # the outage
+        wait_for(lambda: len(load.rejected) > refused + 2, timeout=10,  # the outage, felt
+                 what="submissions refused while Redis is down")
         aof_redis.redis.start()
         load.wait()
         try:
@@ -137,8 +143,10 @@ def test_redis_restarted_n_times_with_jobs_in_flight_loses_none_runs_none_twice(
         for n in range(restarts):
             wait_for(lambda: client.hlen("unacked") > 0 and load.accepted, timeout=10,
                      what=f"jobs in flight (load errors: {load.errors[:3]})")
+            refused = len(load.rejected)
             aof_redis.redis.stop()
-            time.sleep(1)  # the outage
+            wait_for(lambda refused=refused: len(load.rejected) > refused, timeout=10,
+                     what="a submission refused while Redis is down")  # the outage, felt
             aof_redis.redis.start()
             done = len(completed())
             wait_for(lambda done=done: len(completed()) > done + 2, timeout=30,
@@ -178,7 +186,10 @@ def test_postgres_down_while_jobs_fail_every_dead_letter_arrives(
             procs.beat(reconcile_interval="1")
             pg.stop()
             receipts = [submit("demo.flaky", {"permanent": True}) for _ in range(40)]
-            time.sleep(duration(5, 30))  # the outage
+            wait_for(lambda: sum(n or 0 for n in spool_sizes(
+                         env.client, get_settings().spool_path).values()) >= len(receipts),
+                     timeout=duration(30, 60),  # the outage: every dead letter spooled
+                     what="every dead letter spooled while PostgreSQL is down")
             pg.start()
             store = DeadLetterStore()
             wait_for(lambda: store.count() == len(receipts), timeout=60,
@@ -198,7 +209,9 @@ def test_two_worker_hosts_one_stopped_mid_run_the_other_finishes(sluice_env: Env
     host_a = processes.worker(concurrency=1, name="a@host-a", **FAST_RESTORE, **RECONCILE_FAST)
     processes.worker(concurrency=1, name="b@host-b", **FAST_RESTORE, **RECONCILE_FAST)
     load.run(duration(8))
-    time.sleep(duration(8) / 2)
+    wait_for(lambda: len({r["pid"] for r in __import__(
+        "workers.effects", fromlist=["read"]).read("audit")}) >= 2, timeout=30,
+        what="both hosts doing work")
     host_a.kill()
     load.wait()
     try:

@@ -3,8 +3,6 @@ truth. An accepted job runs exactly once; nothing that was refused ever runs."""
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from tests.chaos.conftest import FAST_RESTORE, FULL, Load, completed, duration
@@ -24,8 +22,10 @@ def test_redis_paused_during_submissions_every_receipt_is_honest(
     processes.worker(concurrency=2, **FAST_RESTORE)
     load.run(duration(8, 30), rate=60)
     pauses = 5 if FULL else 2
-    for _ in range(pauses):
-        time.sleep(duration(8, 30) / (pauses + 1))  # the chaos schedule
+    for n in range(pauses):
+        done = len(completed())  # the chaos schedule: a pause once jobs flow again
+        wait_for(lambda done=done: len(completed()) >= done + 20, timeout=30,
+                 what=f"jobs completing before pause {n + 1}")
         sluice_env.client.client_pause(1200)
     load.wait()
     wait_for(lambda: load.accepted <= set(completed()), timeout=60,
