@@ -177,8 +177,7 @@ class Producer:
         # a countdown job is not due yet; the others wait behind what is queued, including
         # what this process sent since the last tick
         admitted, now = self.monitor.admitted(), self.monitor.clock()
-        wait = 0.0 if countdown else snap.wait_for(prio, admitted, now)
-        breaks = None if countdown else snap.breaks_promise(prio, admitted, now)
+        wait, breaks = (0.0, None) if countdown else snap.admission(prio, admitted, now)
         decision = admit(snap.level, prio, wait, deadline, breaks)
         if (decision.allowed and prio is not Priority.CRITICAL
                 and under_pressure(snap.level, wait, deadline)):

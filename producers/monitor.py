@@ -100,20 +100,26 @@ class Snapshot:
         higher priorities overtake at the rate they are offered, refused jobs included:
         while their demand is not met, a lower job is not admitted in the gaps (NORMAL and
         LOW accepted while HIGH was refused was priority inversion, under overload)."""
-        depths, demand = self._view(admitted, now, self.arrivals | self.demand)
-        return predicted_wait(depths, priority, self.drain.rate, demand,
-                              self._overloaded(demand))
+        return self.admission(priority, admitted, now)[0]
 
     def breaks_promise(self, priority: Priority, admitted: Mapping[str, int] | None = None,
                        now: float | None = None) -> float | None:
         """Seconds to retry after when admitting a job of `priority` now would make the
         oldest queued job of a lower priority start after its deadline; None otherwise.
         CRITICAL's arrivals count against the drain only under overload (see `OVERLOAD`)."""
+        return self.admission(priority, admitted, now)[1]
+
+    def admission(self, priority: Priority, admitted: Mapping[str, int] | None = None,
+                  now: float | None = None) -> tuple[float, float | None]:
+        """`wait_for` and `breaks_promise` from one view of the queues and rates: what the
+        gate decides each submission on."""
         depths, demand = self._view(admitted, now, self.arrivals | self.demand)
-        critical = demand.get(Priority.CRITICAL.name, 0.0) if self._overloaded(demand) else 0.0
+        overloaded = self._overloaded(demand)
+        wait = predicted_wait(depths, priority, self.drain.rate, demand, overloaded)
+        critical = demand.get(Priority.CRITICAL.name, 0.0) if overloaded else 0.0
         at = self.at if now is None else now  # epoch seconds, like the messages' expiry
         left = {q: expires - at for q, expires in self.expires.items()}
-        return broken_promise(depths, priority, self.drain.rate, left, critical)
+        return wait, broken_promise(depths, priority, self.drain.rate, left, critical)
 
     def _overloaded(self, demand: Mapping[str, float]) -> bool:
         """More is offered than drained (`OVERLOAD`): only then do higher priorities' rates
