@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 from producers.pressure import Decision, decide
 from sluice.priorities import PressureLevel, Priority
 
-__all__ = ["Drain", "drain_after", "smooth", "predicted_wait", "broken_promise", "admit",
+__all__ = ["Drain", "Step", "drain_after", "smooth", "predicted_wait", "broken_promise", "admit",
            "DEADLINE", "HEADROOM", "OVERTAKE_MARGIN", "PROMISE_MARGIN_S"]
 
 DEADLINE = "DEADLINE"
@@ -38,15 +38,44 @@ OVERTAKE_MARGIN = 1.25
 PROMISE_MARGIN_S = 1.0
 
 
+#: a span without a job start while work waited, longer than this and than `STALL_STARTS`
+#: expected starts, is a stall (workers starved of CPU, stopped, reconnecting), not a
+#: measure: read as one, two seconds of it turned a light load into an "overload" and the
+#: gate refused jobs with minutes to spare (tests/chaos/test_stall.py)
+STALL_S = 1.0
+STALL_STARTS = 3.0
+#: a stall longer than this is believed: workers that start nothing for so long may be gone
+STALL_GRACE_S = 5.0
+#: measures in a row this far off the rate, the same way, over at least `STEP_SPAN_S` and
+#: `STEP_STARTS` starts, are a step in capacity (half the workers lost, or more added): the
+#: rate takes them at once rather than averaging towards them (7.6 s to follow a loss of
+#: half the workers with the average alone)
+STEP = 0.2
+STEP_SPAN_S = 1.0
+STEP_STARTS = 10
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """Consecutive measures off the rate the same way (`direction` -1 or +1; 0: none)."""
+
+    direction: int = 0
+    started: int = 0
+    seconds: float = 0.0
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Drain:
     """How fast jobs start: `rate` jobs/s (None until measured), as of `at`. `saturated`:
     the rate was measured with work waiting (capacity), not only as a floor from the starts
-    of an idle system (which follow arrivals)."""
+    of an idle system (which follow arrivals). `since`: when the span being measured began
+    (ticks with work waiting and no start extend it); `step`: measures in a row off the rate."""
 
     rate: float | None = None
     at: float | None = None
     saturated: bool = False
+    since: float | None = None
+    step: Step = Step()
 
 
 def drain_after(previous: Drain, started: int, backlog: int, now: float,
@@ -59,25 +88,52 @@ def drain_after(previous: Drain, started: int, backlog: int, now: float,
     that merely saw a job waiting at the sample is no evidence of capacity: probes at 8
     jobs/s drained as they came read as a capacity of 8 jobs/s; and a gate holding queues
     short read its own trickle as capacity and shut down a third of it.) The first tick
-    only sets the clock; the rate stays unknown until a first start is seen (then it can
-    decay to 0 when workers stop: a rate of 0 is measured, never assumed). The first
+    only sets the clock; the rate stays unknown until a first start is seen. The first
     measure of capacity replaces a floor (never going below it) rather than being averaged
     with it (a floor of 2 jobs/s from one warm-up job dragged the first seconds of a burst
-    down to a few jobs/s, and the gate refused everyone's jobs)."""
+    down to a few jobs/s, and the gate refused everyone's jobs).
+
+    A tick with work waiting and no start concludes nothing: the next start measures the
+    whole span (long jobs start seconds apart), unless the span is a stall (`STALL_S`):
+    then it measures nothing, and the tick that ends it only its own time, for
+    `STALL_GRACE_S`; after that the time without a start counts (the workers may be gone,
+    and the promises made meanwhile would be broken). A step in capacity is taken at once (`STEP`); between steps the
+    measures are averaged (`half_life_s`)."""
     if previous.at is None or now <= previous.at:
-        return replace(previous, at=now)
+        return replace(previous, at=now, since=now)
     if backlog <= started:  # the queues ran dry: the starts follow arrivals, a floor
-        if not started:
-            return replace(previous, at=now)
-        return replace(previous, at=now,
-                       rate=max(previous.rate or 0.0, started / (now - previous.at)))
-    if previous.rate is None and not started:  # no evidence of capacity, or of its lack
-        return Drain(rate=None, at=now)
-    if not previous.saturated and started:  # the first measure of capacity: a floor is
-        return Drain(rate=max(previous.rate or 0.0, started / (now - previous.at)), at=now,
-                     saturated=True)  # not averaged in (but capacity is at least the floor)
-    return Drain(rate=smooth(previous.rate, started, now - previous.at, half_life_s), at=now,
-                 saturated=True)
+        rate = previous.rate if not started else max(previous.rate or 0.0,
+                                                     started / (now - previous.at))
+        return replace(previous, rate=rate, at=now, since=now, step=Step())
+    since = previous.at if previous.since is None else previous.since
+    stall = max(STALL_S, STALL_STARTS / previous.rate) if previous.rate else STALL_S
+    if not started:  # work waited and nothing started: the span goes on
+        believed = min(now - previous.at, now - since - stall - STALL_GRACE_S)
+        if believed <= 0 or previous.rate is None:
+            return replace(previous, at=now, since=since)
+        return replace(previous, at=now, since=since,  # stopped for good, or gone
+                       rate=smooth(previous.rate, 0, believed, half_life_s))
+    span = now - (previous.at if previous.at - since > stall else since)
+    if previous.rate is None or not previous.saturated:  # the first measure of capacity
+        return Drain(rate=max(previous.rate or 0.0, started / span), at=now, saturated=True,
+                     since=now)  # replaces a floor (but capacity is at least the floor)
+    return _measured(previous.rate, previous.step, started, span, now, half_life_s)
+
+
+def _measured(rate: float, step: Step, started: int, span: float, now: float,
+              half_life_s: float) -> Drain:
+    """The rate after a measure of capacity (`started` in `span` seconds): a step if the
+    measures in a row off the rate make one (`STEP`), else the smoothed average."""
+    sample = started / span
+    direction = -1 if sample < (1 - STEP) * rate else 1 if sample > (1 + STEP) * rate else 0
+    if direction and direction == step.direction:
+        step = Step(direction, step.started + started, step.seconds + span)
+    else:
+        step = Step(direction, started, span) if direction else Step()
+    if step.seconds >= STEP_SPAN_S and step.started >= STEP_STARTS:
+        return Drain(rate=step.started / step.seconds, at=now, saturated=True, since=now)
+    return Drain(rate=smooth(rate, started, span, half_life_s), at=now, saturated=True,
+                 since=now, step=step)
 
 
 def smooth(previous: float | None, count: int, elapsed_s: float,
