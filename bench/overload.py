@@ -349,6 +349,8 @@ def run_arm(arm: str, factor: float, capacity: float, own_capacity: float, durat
             "drain_rate_p50": round(statistics.median(rates), 1) if rates else None,
             "levels": dict(Counter(level for _, level, _ in gate)),
             "actual_over_predicted_wait_p50": prediction_error(out, starts),
+            "drain_rate_series": [[round(t, 2), None if r is None else round(r, 1)]
+                                  for t, _, r in gate],
             "shed_reasons": {p: {k.split(":", 2)[2]: v for k, v in out.counts.items()
                                  if k.startswith(f"{p}:shed:")} for p in PRIORITIES}}
     result["_series"] = series(out, starts, t0)

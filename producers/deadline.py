@@ -38,6 +38,11 @@ OVERTAKE_MARGIN = 1.25
 PROMISE_MARGIN_S = 1.0
 
 
+#: a tick measures capacity only if the backlog at its start was this many times what the
+#: rate expects to start in it: whether a short backlog outlasts a tick depends on how many
+#: jobs started in it, so only the slow ticks qualified, and a gate holding the queues short
+#: read a third less than the workers could do (and, admitting by that, kept them short)
+MEASURE_BACKLOG = 1.5
 #: a span without a job start while work waited, longer than this and than `STALL_STARTS`
 #: expected starts, is a stall (workers starved of CPU, stopped, reconnecting), not a
 #: measure: read as one, two seconds of it turned a light load into an "overload" and the
@@ -83,22 +88,23 @@ def drain_after(previous: Drain, started: int, backlog: int, now: float,
     """The drain after a tick that saw `started` job starts since `previous.at`, when
     `backlog` jobs were queued at `previous.at`. Only when the backlog was more than what
     started did the queues never run dry, the workers never wait for work, and the starts
-    measure capacity. Otherwise they follow arrivals: they can only raise the rate
-    (capacity is at least that), which gives a cold start a floor to predict with. (A tick
-    that merely saw a job waiting at the sample is no evidence of capacity: probes at 8
-    jobs/s drained as they came read as a capacity of 8 jobs/s; and a gate holding queues
-    short read its own trickle as capacity and shut down a third of it.) The first tick
-    only sets the clock; the rate stays unknown until a first start is seen. The first
-    measure of capacity replaces a floor (never going below it) rather than being averaged
-    with it (a floor of 2 jobs/s from one warm-up job dragged the first seconds of a burst
-    down to a few jobs/s, and the gate refused everyone's jobs).
+    measure capacity; and only when the backlog was ample (`MEASURE_BACKLOG`) does that
+    not select the slow ticks. When the queues ran dry the starts follow arrivals: they can
+    only raise the rate (capacity is at least that), which gives a cold start a floor to
+    predict with. (A tick that merely saw a job waiting at the sample is no evidence of
+    capacity: probes at 8 jobs/s drained as they came read as a capacity of 8 jobs/s; and a
+    gate holding queues short read its own trickle as capacity and shut down a third of
+    it.) The first tick only sets the clock; the rate stays unknown until a first start is
+    seen. The first measure of capacity replaces a floor (never going below it) rather than
+    being averaged with it (a floor of 2 jobs/s from one warm-up job dragged the first
+    seconds of a burst down to a few jobs/s, and the gate refused everyone's jobs).
 
     A tick with work waiting and no start concludes nothing: the next start measures the
     whole span (long jobs start seconds apart), unless the span is a stall (`STALL_S`):
     then it measures nothing, and the tick that ends it only its own time, for
     `STALL_GRACE_S`; after that the time without a start counts (the workers may be gone,
-    and the promises made meanwhile would be broken). A step in capacity is taken at once (`STEP`); between steps the
-    measures are averaged (`half_life_s`)."""
+    and the promises made meanwhile would be broken). A step in capacity is taken at once
+    (`STEP`); between steps the measures are averaged (`half_life_s`)."""
     if previous.at is None or now <= previous.at:
         return replace(previous, at=now, since=now)
     if backlog <= started:  # the queues ran dry: the starts follow arrivals, a floor
@@ -113,6 +119,9 @@ def drain_after(previous: Drain, started: int, backlog: int, now: float,
             return replace(previous, at=now, since=since)
         return replace(previous, at=now, since=since,  # stopped for good, or gone
                        rate=smooth(previous.rate, 0, believed, half_life_s))
+    if previous.rate is not None and backlog < MEASURE_BACKLOG * previous.rate * (
+            now - previous.at):  # too short to tell: only slow ticks would qualify
+        return replace(previous, at=now, since=now, step=Step())
     span = now - (previous.at if previous.at - since > stall else since)
     if previous.rate is None or not previous.saturated:  # the first measure of capacity
         return Drain(rate=max(previous.rate or 0.0, started / span), at=now, saturated=True,

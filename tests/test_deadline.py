@@ -79,6 +79,17 @@ def test_a_loss_of_half_the_workers_is_followed_within_two_seconds() -> None:
     assert more[2].rate >= 100.0  # type: ignore[operator]
 
 
+def test_a_gate_holding_the_queues_short_does_not_read_its_slow_ticks_as_capacity() -> None:
+    """40 jobs/s, a backlog of 15 at every tick (the gate keeps the queues short): a tick
+    outlasts the backlog only when fewer than 15 jobs started in it, so those ticks alone
+    would measure 20-28 jobs/s (a bench run held its rate at 55 of 78 jobs/s like this)."""
+    held = _ticks(Drain(rate=40.0, at=0.0, saturated=True), [14, 26, 12, 28, 13, 27] * 10,
+                  backlog=15)
+    assert min(d.rate for d in held) >= 40.0  # type: ignore[type-var]
+    ample = _ticks(held[-1], [20] * 8, backlog=15 + 30)  # then a real measure: it counts
+    assert ample[-1].rate is not None and ample[-1].rate < held[-1].rate  # type: ignore[operator]
+
+
 def test_noise_around_the_rate_is_averaged_not_taken_for_a_step() -> None:
     noisy = _ticks(Drain(rate=80.0, at=0.0, saturated=True), [34, 46, 35, 45, 33, 47] * 5,
                    backlog=500)
