@@ -157,9 +157,15 @@ def run_arm(arm: str, capacity: float, own: float, args: argparse.Namespace, tmp
                 "critical", "high", "normal", "low")), snap and snap.level.name,
                 snap and snap.drain.rate and round(snap.drain.rate, 1)))
             time.sleep(0.25)
-        stop_by = time.time() + args.deadline + 3.0  # every accepted job is judged
-        while time.time() < stop_by and sum(client.llen(q) for q in
-                                            ("critical", "high", "normal", "low")):
+        # every accepted job is judged: the queues stay empty for 1.5 s (an empty queue
+        # alone judged the last job, held by the worker, before it started), or its
+        # deadline passes
+        stop_by, empty_since = time.time() + args.deadline + 3.0, None
+        while time.time() < stop_by:
+            empty = not sum(client.llen(q) for q in ("critical", "high", "normal", "low"))
+            empty_since = (empty_since or time.time()) if empty else None
+            if empty_since and time.time() - empty_since >= 1.5:
+                break
             time.sleep(0.25)
         starts = read_starts(stats)
     finally:
