@@ -40,8 +40,8 @@ PROMISE_MARGIN_S = 1.0
 
 #: a tick measures capacity only if the backlog at its start was this many times what the
 #: rate expects to start in it: whether a short backlog outlasts a tick depends on how many
-#: jobs started in it, so only the slow ticks qualified, and a gate holding the queues short
-#: read a third less than the workers could do (and, admitting by that, kept them short)
+#: jobs started in it, so with the short queues the gate keeps only the slow ticks
+#: qualified, and the rate was biased low
 MEASURE_BACKLOG = 1.5
 #: a span without a job start while work waited, longer than this and than `STALL_STARTS`
 #: expected starts, is a stall (workers starved of CPU, stopped, reconnecting), not a

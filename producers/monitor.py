@@ -136,7 +136,7 @@ class Snapshot:
         while the workers keep up (`keeping_up`): a rate read low (a worker's slow first
         jobs) then locked NORMAL out as if HIGH took it all, the workers idled, and the
         rate, measured from what the gate let through, never showed what they could do
-        (a bench run held 55 of 78 jobs/s for its first ten seconds)."""
+        (in a bench run it stayed at 55 of 78 jobs/s for ten seconds)."""
         rate = self.drain.rate
         return (rate is not None and not self.keeping_up
                 and sum(demand.values()) > OVERLOAD * rate)
