@@ -43,6 +43,12 @@ PROMISE_MARGIN_S = 1.0
 #: jobs started in it, so with the short queues the gate keeps only the slow ticks
 #: qualified, and the rate was biased low
 MEASURE_BACKLOG = 1.5
+#: a span concludes (a measure, or a floor) after this many starts, or seconds; a floor
+#: only after those seconds: one or two starts in a tenth of a second said 9 or 18 jobs/s
+#: of a fleet that did 50 (a worker's first jobs), and the gate refused a light load as
+#: an overload; and the top of one tick's noise is not capacity either
+EVIDENCE_STARTS = 10
+EVIDENCE_S = 1.0
 #: a span without a job start while work waited, longer than this and than `STALL_STARTS`
 #: expected starts, is a stall (workers starved of CPU, stopped, reconnecting), not a
 #: measure: read as one, two seconds of it turned a light load into an "overload" and the
@@ -75,13 +81,16 @@ class Drain:
     """How fast jobs start: `rate` jobs/s (None until measured), as of `at`. `saturated`:
     the rate was measured with work waiting (capacity), not only as a floor from the starts
     of an idle system (which follow arrivals). `since`: when the span being measured began
-    (ticks with work waiting and no start extend it); `step`: measures in a row off the rate."""
+    (ticks with too few starts to conclude on extend it); `step`: measures in a row off the
+    rate."""
 
     rate: float | None = None
     at: float | None = None
     saturated: bool = False
     since: float | None = None
     step: Step = Step()
+    pending: int = 0  #: starts since `since`, not yet enough to conclude on
+    dry: bool = False  #: a tick since `since` ran dry (or its backlog was too short to tell)
 
 
 def drain_after(previous: Drain, started: int, backlog: int, now: float,
@@ -109,14 +118,11 @@ def drain_after(previous: Drain, started: int, backlog: int, now: float,
     meanwhile would be broken). A step in capacity is taken at once (`STEP`); between
     steps the measures are averaged (`half_life_s`)."""
     if previous.at is None or now <= previous.at:
-        return replace(previous, at=now, since=now, step=Step())
+        return replace(previous, at=now, since=now, step=Step(), pending=0, dry=False)
     tick = now - previous.at
-    if backlog <= started:  # the queues ran dry: the starts follow arrivals, a floor
-        return replace(previous, rate=_floor(previous, started, tick), at=now,
-                       since=now, step=Step())
     since = previous.at if previous.since is None else previous.since
     stall = max(STALL_S, STALL_STARTS / previous.rate) if previous.rate else STALL_S
-    if not started:  # work waited and nothing started: the span goes on
+    if not started and backlog:  # work waited and nothing started: the span goes on
         if now - since <= stall:
             return replace(previous, at=now, since=since)
         believed = min(tick, now - since - stall - STALL_GRACE_S)  # a stall, so far:
@@ -127,24 +133,32 @@ def drain_after(previous: Drain, started: int, backlog: int, now: float,
     if previous.at - since > stall and started >= STALL_STARTS:
         # the catch-up after a stall (long jobs start one by one, not in a burst): it says
         # the workers can do at least that, nothing about the time they were stopped
-        return replace(previous, rate=_floor(previous, started, tick), at=now,
-                       since=now, step=Step())
-    if previous.rate is not None and backlog < MEASURE_BACKLOG * previous.rate * tick:
-        # too short to tell: only the slow ticks would qualify
-        return replace(previous, at=now, since=now, step=Step())
+        return replace(previous, rate=_floor(previous, started, tick, half_life_s), at=now,
+                       since=now, step=Step(), pending=0, dry=False)
+    # ran dry (the starts follow arrivals), or too short to tell (only slow ticks qualify)
+    dry = previous.dry or backlog <= started or (
+        previous.rate is not None and backlog < MEASURE_BACKLOG * previous.rate * tick)
+    started, span = previous.pending + started, now - since
+    if span < EVIDENCE_S and (dry or started < EVIDENCE_STARTS):  # too little to go on
+        return replace(previous, at=now, since=since, pending=started, dry=dry)
+    if dry:
+        return replace(previous, rate=_floor(previous, started, span, half_life_s), at=now,
+                       since=now, step=Step(), pending=0, dry=False)
     if previous.rate is None or not previous.saturated:  # the first measure of capacity
-        return Drain(rate=started / (now - since), at=now, saturated=True, since=now)
-    return _measured(previous.rate, previous.step, started, now - since, now, half_life_s)
+        return Drain(rate=started / span, at=now, saturated=True, since=now)
+    return _measured(previous.rate, previous.step, started, span, now, half_life_s)
 
 
-def _floor(previous: Drain, started: int, tick: float) -> float | None:
-    """The rate after a tick whose starts say only that the workers can do at least that
-    many: before any measure of capacity, the most seen in one tick (a floor to predict
-    with); after one, nothing (the most starts in one tick is the top of the noise: taken
-    as capacity, a fleet of 40 jobs/s read 64 to 74)."""
-    if previous.saturated or not started:
+def _floor(previous: Drain, started: int, span: float, half_life_s: float) -> float | None:
+    """The rate after `started` starts in `span` seconds that say only that the workers can
+    do at least that many: before any measure of capacity, the most seen (a floor to
+    predict with); after one, a rise by the average only (the most seen is the top of the
+    noise: taken as capacity, a fleet of 40 jobs/s read 64 to 74)."""
+    if not started:
         return previous.rate
-    return max(previous.rate or 0.0, started / tick)
+    if previous.rate is None or not previous.saturated:
+        return max(previous.rate or 0.0, started / span)
+    return max(previous.rate, smooth(previous.rate, started, span, half_life_s))
 
 
 def _measured(rate: float, step: Step, started: int, span: float, now: float,

@@ -50,7 +50,7 @@ def test_the_drain_follows_the_starts_and_ignores_idle_ticks() -> None:
     assert d.rate == 100.0
     idle = drain_after(d, started=3, backlog=0, now=10.0)  # a trickle, not the capacity
     assert idle.rate == 100.0 and idle.at == 10.0
-    cold = drain_after(Drain(at=0.0), started=2, backlog=0, now=0.5)  # but at least that
+    cold = drain_after(Drain(at=0.0), started=4, backlog=0, now=1.0)  # but at least that
     assert cold.rate == 4.0 and not cold.saturated and d.saturated
     slower = d
     for step in range(1, 40):  # capacity halves: the rate follows
@@ -100,6 +100,21 @@ def test_noise_around_the_rate_is_averaged_not_taken_for_a_step() -> None:
     assert blip[0].rate > 60.0  # type: ignore[operator]
 
 
+def test_a_couple_of_starts_in_a_tenth_of_a_second_is_not_a_rate() -> None:
+    """A worker's first jobs under a loaded CI machine, ticks of 0.1 s (the chaos test's
+    monitor log): one start, then two with three jobs waiting, read as 9 and then 18
+    jobs/s "measured" of a fleet draining 47 jobs/s, and the gate refused the light load as
+    an overload. A span concludes after ten starts or a second."""
+    backlogs = [3, 3, 4, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]  # at the tick before each
+    starts = [1, 2, 0, 5, 4, 2, 3, 2, 5, 5, 5, 5, 5, 5]
+    drain, rates = Drain(at=0.0), []
+    for n, (backlog, started) in enumerate(zip(backlogs, starts, strict=True), 1):
+        drain = drain_after(drain, started=started, backlog=backlog, now=n * 0.1)
+        rates.append(drain.rate)
+    assert all(r is None or r >= 25.0 for r in rates)
+    assert rates[-1] is not None and not drain.saturated
+
+
 def test_a_stall_of_the_workers_lowers_nothing() -> None:
     """Workers starting nothing for two seconds under a light load (CPU starved, stopped),
     then catching up: the chaos test that saw the gate refuse jobs with minutes to spare
@@ -146,7 +161,7 @@ def test_long_jobs_starting_seconds_apart_measure_their_rate() -> None:
 
 def test_starts_measure_capacity_only_when_the_queues_never_ran_dry() -> None:
     # probes at 8 jobs/s, each waiting at a sample and drained as it came: not capacity
-    probes = drain_after(Drain(at=0.0), started=1, backlog=1, now=0.125)
+    probes = drain_after(Drain(at=0.0), started=8, backlog=1, now=1.0)
     assert probes.rate == 8.0 and not probes.saturated
     # a gate holding the queues short: its trickle does not cut the measured capacity
     held = drain_after(Drain(rate=74.0, at=0.0, saturated=True), started=20, backlog=10,
@@ -159,11 +174,11 @@ def test_starts_measure_capacity_only_when_the_queues_never_ran_dry() -> None:
 
 
 def test_the_first_measure_of_capacity_replaces_a_floor_rather_than_averaging_with_it() -> None:
-    floor = drain_after(Drain(at=0.0), started=1, backlog=0, now=0.5)  # one warm-up job
+    floor = drain_after(Drain(at=0.0), started=2, backlog=0, now=1.0)  # warm-up jobs
     assert floor.rate == 2.0 and not floor.saturated
-    burst = drain_after(floor, started=30, backlog=200, now=1.0)
+    burst = drain_after(floor, started=30, backlog=200, now=1.5)
     assert burst.rate == 60.0 and burst.saturated
-    slow = drain_after(floor, started=1, backlog=200, now=1.0)  # 2 jobs/s is not below it
+    slow = drain_after(floor, started=2, backlog=200, now=2.0)  # a measure, however slow
     assert slow.rate == 2.0 and slow.saturated
     # no start at all with work waiting: no measure yet (a stall, or long jobs)
     stuck = drain_after(floor, started=0, backlog=200, now=1.0)
@@ -179,8 +194,8 @@ def test_the_drain_stays_between_the_old_rate_and_the_sample(rate: float, starte
     sample = started / dt
     if backlog > started:  # the workers were busy throughout: a measure of capacity
         assert min(rate, sample) - 1e-6 <= new <= max(rate, sample) + 1e-6
-    else:  # the queues ran dry: the starts follow arrivals, they say nothing once measured
-        assert new == rate
+    else:  # the queues ran dry: the starts follow arrivals: a rise by the average at most
+        assert rate - 1e-6 <= new <= max(rate, sample) + 1e-6
 
 
 @given(level=st.sampled_from(list(L)), wait=st.floats(0, 1e6) | st.just(math.inf),
