@@ -122,7 +122,9 @@ def drain_after(previous: Drain, started: int, backlog: int, now: float,
     tick = now - previous.at
     since = previous.at if previous.since is None else previous.since
     stall = max(STALL_S, STALL_STARTS / previous.rate) if previous.rate else STALL_S
-    if not started and backlog:  # work waited and nothing started: the span goes on
+    if not started and not backlog:  # idle: no evidence of anything, the span starts over
+        return replace(previous, at=now, since=now, pending=0, dry=False)
+    if not started:  # work waited and nothing started: the span goes on
         if now - since <= stall:
             return replace(previous, at=now, since=since)
         believed = min(tick, now - since - stall - STALL_GRACE_S)  # a stall, so far:

@@ -115,6 +115,16 @@ def test_a_couple_of_starts_in_a_tenth_of_a_second_is_not_a_rate() -> None:
     assert rates[-1] is not None and not drain.saturated
 
 
+def test_idle_ticks_before_a_backlog_do_not_spoil_its_first_measure() -> None:
+    """An idle monitor, then 20 jobs of 0.1 s for one worker: ticks with nothing queued and
+    nothing started are no evidence, so the span that measures the backlog starts with it
+    (a span kept open across the idle ticks was taken as "ran dry", and with 20 jobs the
+    next span never reached ten starts: no measure at all, a live test timed out)."""
+    drain = _ticks(Drain(at=0.0), [0] * 8, backlog=0, every=0.1)[-1]
+    busy = _ticks(drain, [1] * 12, backlog=15, every=0.1)
+    assert busy[-1].saturated and busy[-1].rate == pytest.approx(10.0)
+
+
 def test_a_stall_of_the_workers_lowers_nothing() -> None:
     """Workers starting nothing for two seconds under a light load (CPU starved, stopped),
     then catching up: the chaos test that saw the gate refuse jobs with minutes to spare
