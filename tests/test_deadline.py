@@ -116,13 +116,15 @@ def test_a_couple_of_starts_in_a_tenth_of_a_second_is_not_a_rate() -> None:
 
 
 def test_idle_ticks_before_a_backlog_do_not_spoil_its_first_measure() -> None:
-    """An idle monitor, then 20 jobs of 0.1 s for one worker: ticks with nothing queued and
+    """An idle monitor, then a dozen jobs of 0.1 s for one worker: ticks with nothing queued and
     nothing started are no evidence, so the span that measures the backlog starts with it
-    (a span kept open across the idle ticks was taken as "ran dry", and with 20 jobs the
-    next span never reached ten starts: no measure at all, a live test timed out)."""
+    (a span kept open across the idle ticks was taken as "ran dry", and the next span
+    never reached ten starts before the work ran out: no measure at all, a live test
+    timed out)."""
     drain = _ticks(Drain(at=0.0), [0] * 8, backlog=0, every=0.1)[-1]
-    busy = _ticks(drain, [1] * 12, backlog=15, every=0.1)
-    assert busy[-1].saturated and busy[-1].rate == pytest.approx(10.0)
+    for backlog in range(12, 2, -1):  # one start a tick, until 2 jobs are left
+        drain = _ticks(drain, [1], backlog=backlog, every=0.1)[-1]
+    assert drain.saturated and drain.rate == pytest.approx(10.0)
 
 
 def test_a_stall_of_the_workers_lowers_nothing() -> None:
