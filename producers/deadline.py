@@ -138,12 +138,17 @@ def drain_after(previous: Drain, started: int, backlog: int, now: float,
         return replace(previous, rate=_floor(previous, started, tick, half_life_s), at=now,
                        since=now, step=Step(), pending=0, dry=False)
     # ran dry (the starts follow arrivals), or too short to tell (only slow ticks qualify)
-    dry = previous.dry or backlog <= started or (
+    dry = backlog <= started or (
         previous.rate is not None and backlog < MEASURE_BACKLOG * previous.rate * tick)
-    started, span = previous.pending + started, now - since
+    if previous.pending and dry != previous.dry:  # a span is of one kind: start over
+        since, pending = previous.at, 0
+    else:
+        pending = previous.pending
+    started, span = pending + started, now - since
     if span < EVIDENCE_S and (dry or started < EVIDENCE_STARTS):  # too little to go on
         return replace(previous, at=now, since=since, pending=started, dry=dry)
-    if dry:
+    if dry or (started < EVIDENCE_STARTS and not previous.saturated):
+        # (before a first measure, a second of a few starts says: at least that)
         return replace(previous, rate=_floor(previous, started, span, half_life_s), at=now,
                        since=now, step=Step(), pending=0, dry=False)
     if previous.rate is None or not previous.saturated:  # the first measure of capacity

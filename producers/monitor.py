@@ -140,7 +140,8 @@ class Snapshot:
         critical = (overtaking or {}).get(Priority.CRITICAL.name, 0.0)
         at = self.at if now is None else now  # epoch seconds, like the messages' expiry
         left = {q: expires - at for q, expires in self.expires.items()}
-        return wait, broken_promise(depths, priority, self.drain.rate, left, critical)
+        rate = self.drain.rate if self.drain.saturated else None  # a floor is no measure
+        return wait, broken_promise(depths, priority, rate, left, critical)
 
     def _overtaking(self, demand: Mapping[str, float], admitted: Mapping[str, int] | None
                     ) -> tuple[Mapping[str, float] | None, float]:

@@ -127,6 +127,17 @@ def test_idle_ticks_before_a_backlog_do_not_spoil_its_first_measure() -> None:
     assert drain.saturated and drain.rate == pytest.approx(10.0)
 
 
+def test_a_span_is_of_one_kind_a_dry_first_tick_does_not_spoil_a_measure() -> None:
+    """Jobs submitted just after a tick, the first started before the next: that tick saw
+    no backlog and a start (ran dry). Taken into the span that followed, it made the whole
+    second a floor, and a backlog of 2 s of work was never measured (a live test timed out
+    in the full suite)."""
+    drain = _ticks(Drain(at=0.0), [1], backlog=0, every=0.1)[-1]
+    for backlog in range(19, 9, -1):  # one start a tick, 10 jobs left at the end
+        drain = _ticks(drain, [1], backlog=backlog, every=0.1)[-1]
+    assert drain.saturated and drain.rate == pytest.approx(10.0)
+
+
 def test_a_stall_of_the_workers_lowers_nothing() -> None:
     """Workers starting nothing for two seconds under a light load (CPU starved, stopped),
     then catching up: the chaos test that saw the gate refuse jobs with minutes to spare
@@ -190,8 +201,10 @@ def test_the_first_measure_of_capacity_replaces_a_floor_rather_than_averaging_wi
     assert floor.rate == 2.0 and not floor.saturated
     burst = drain_after(floor, started=30, backlog=200, now=1.5)
     assert burst.rate == 60.0 and burst.saturated
-    slow = drain_after(floor, started=2, backlog=200, now=2.0)  # a measure, however slow
+    slow = drain_after(floor, started=10, backlog=200, now=6.0)  # a measure, however slow
     assert slow.rate == 2.0 and slow.saturated
+    few = drain_after(floor, started=2, backlog=200, now=2.0)  # two starts: a floor still
+    assert few.rate == 2.0 and not few.saturated
     # no start at all with work waiting: no measure yet (a stall, or long jobs)
     stuck = drain_after(floor, started=0, backlog=200, now=1.0)
     assert stuck.rate == 2.0 and not stuck.saturated and stuck.since == floor.since
