@@ -43,20 +43,13 @@ PROMISE_MARGIN_S = 1.0
 #: jobs started in it, so with the short queues the gate keeps only the slow ticks
 #: qualified, and the rate was biased low
 MEASURE_BACKLOG = 1.5
-#: a span concludes (a measure, or a floor) after this many starts, or seconds; a floor
-#: only after those seconds: one or two starts in a tenth of a second said 9 or 18 jobs/s
-#: of a fleet that did 50 (a worker's first jobs), and the gate refused a light load as
-#: an overload; and the top of one tick's noise is not capacity either
-EVIDENCE_STARTS = 10
-EVIDENCE_S = 1.0
 #: a span without a job start while work waited, longer than this and than `STALL_STARTS`
 #: expected starts, is a stall (workers starved of CPU, stopped, reconnecting), not a
 #: measure: read as one, two seconds of it turned a light load into an "overload" and the
 #: gate refused jobs with minutes to spare (tests/chaos/test_stall.py)
 STALL_S = 1.0
 STALL_STARTS = 3.0
-#: this long after a span turned into a stall, its time counts: workers that start nothing
-#: for so long may be gone
+#: a stall longer than this is believed: workers that start nothing for so long may be gone
 STALL_GRACE_S = 5.0
 #: measures in a row this far off the rate, the same way, over at least `STEP_SPAN_S` and
 #: `STEP_STARTS` starts, are a step in capacity (half the workers lost, or more added): the
@@ -81,16 +74,13 @@ class Drain:
     """How fast jobs start: `rate` jobs/s (None until measured), as of `at`. `saturated`:
     the rate was measured with work waiting (capacity), not only as a floor from the starts
     of an idle system (which follow arrivals). `since`: when the span being measured began
-    (ticks with too few starts to conclude on extend it); `step`: measures in a row off the
-    rate."""
+    (ticks with work waiting and no start extend it); `step`: measures in a row off the rate."""
 
     rate: float | None = None
     at: float | None = None
     saturated: bool = False
     since: float | None = None
     step: Step = Step()
-    pending: int = 0  #: starts since `since`, not yet enough to conclude on
-    dry: bool = False  #: a tick since `since` ran dry (or its backlog was too short to tell)
 
 
 def drain_after(previous: Drain, started: int, backlog: int, now: float,
@@ -99,73 +89,44 @@ def drain_after(previous: Drain, started: int, backlog: int, now: float,
     `backlog` jobs were queued at `previous.at`. Only when the backlog was more than what
     started did the queues never run dry, the workers never wait for work, and the starts
     measure capacity; and only when the backlog was ample (`MEASURE_BACKLOG`) does that
-    not select the slow ticks. When the queues ran dry the starts follow arrivals: before
-    any measure of capacity they give the rate a floor to predict with (they can only raise
-    it), after one they say nothing (`_floor`). (A tick that merely saw a job waiting at the
-    sample is no evidence of capacity: probes at 8 jobs/s drained as they came read as a
-    capacity of 8 jobs/s; and a gate holding queues short read its own trickle as capacity
-    and shut down a third of it.) The first tick only sets the clock; the rate stays
-    unknown until a first start is seen. The first measure of capacity replaces the floor
-    rather than being averaged with it (a floor of 2 jobs/s from one warm-up job dragged
-    the first seconds of a burst down to a few jobs/s, and the gate refused everyone's
-    jobs).
+    not select the slow ticks. When the queues ran dry the starts follow arrivals: they can
+    only raise the rate (capacity is at least that), which gives a cold start a floor to
+    predict with. (A tick that merely saw a job waiting at the sample is no evidence of
+    capacity: probes at 8 jobs/s drained as they came read as a capacity of 8 jobs/s; and a
+    gate holding queues short read its own trickle as capacity and shut down a third of
+    it.) The first tick only sets the clock; the rate stays unknown until a first start is
+    seen. The first measure of capacity replaces a floor (never going below it) rather than
+    being averaged with it (a floor of 2 jobs/s from one warm-up job dragged the first
+    seconds of a burst down to a few jobs/s, and the gate refused everyone's jobs).
 
     A tick with work waiting and no start concludes nothing: the next start measures the
-    whole span (long jobs start seconds apart), unless the span is a stall (`STALL_S`) that
-    ends in a burst of starts (the catch-up): then it measures nothing (it cannot lower the
-    rate, nor count towards a step), until `STALL_GRACE_S` after it became one, when the
-    time without a start begins to count (the workers may be gone, and the promises made
-    meanwhile would be broken). A step in capacity is taken at once (`STEP`); between
-    steps the measures are averaged (`half_life_s`)."""
+    whole span (long jobs start seconds apart), unless the span is a stall (`STALL_S`):
+    then it measures nothing, and the tick that ends it only its own time, for
+    `STALL_GRACE_S`; after that the time without a start counts (the workers may be gone,
+    and the promises made meanwhile would be broken). A step in capacity is taken at once
+    (`STEP`); between steps the measures are averaged (`half_life_s`)."""
     if previous.at is None or now <= previous.at:
-        return replace(previous, at=now, since=now, step=Step(), pending=0, dry=False)
-    tick = now - previous.at
+        return replace(previous, at=now, since=now)
+    if backlog <= started:  # the queues ran dry: the starts follow arrivals, a floor
+        rate = previous.rate if not started else max(previous.rate or 0.0,
+                                                     started / (now - previous.at))
+        return replace(previous, rate=rate, at=now, since=now, step=Step())
     since = previous.at if previous.since is None else previous.since
     stall = max(STALL_S, STALL_STARTS / previous.rate) if previous.rate else STALL_S
-    if not started and not backlog:  # idle: no evidence of anything, the span starts over
-        return replace(previous, at=now, since=now, pending=0, dry=False)
     if not started:  # work waited and nothing started: the span goes on
-        if now - since <= stall:
+        believed = min(now - previous.at, now - since - stall - STALL_GRACE_S)
+        if believed <= 0 or previous.rate is None:
             return replace(previous, at=now, since=since)
-        believed = min(tick, now - since - stall - STALL_GRACE_S)  # a stall, so far:
-        rate = previous.rate  # no measure, and no step across it, until it is believed
-        if believed > 0 and rate is not None:  # stopped for good, or gone
-            rate = smooth(rate, 0, believed, half_life_s)
-        return replace(previous, rate=rate, at=now, since=since, step=Step())
-    if previous.at - since > stall and started >= STALL_STARTS:
-        # the catch-up after a stall (long jobs start one by one, not in a burst): it says
-        # the workers can do at least that, nothing about the time they were stopped
-        return replace(previous, rate=_floor(previous, started, tick, half_life_s), at=now,
-                       since=now, step=Step(), pending=0, dry=False)
-    # ran dry (the starts follow arrivals), or too short to tell (only slow ticks qualify)
-    dry = backlog <= started or (
-        previous.rate is not None and backlog < MEASURE_BACKLOG * previous.rate * tick)
-    if previous.pending and dry != previous.dry:  # a span is of one kind: start over
-        since, pending = previous.at, 0
-    else:
-        pending = previous.pending
-    started, span = pending + started, now - since
-    if span < EVIDENCE_S and (dry or started < EVIDENCE_STARTS):  # too little to go on
-        return replace(previous, at=now, since=since, pending=started, dry=dry)
-    if dry or (started < EVIDENCE_STARTS and not previous.saturated):
-        # (before a first measure, a second of a few starts says: at least that)
-        return replace(previous, rate=_floor(previous, started, span, half_life_s), at=now,
-                       since=now, step=Step(), pending=0, dry=False)
+        return replace(previous, at=now, since=since,  # stopped for good, or gone
+                       rate=smooth(previous.rate, 0, believed, half_life_s))
+    if previous.rate is not None and backlog < MEASURE_BACKLOG * previous.rate * (
+            now - previous.at):  # too short to tell: only slow ticks would qualify
+        return replace(previous, at=now, since=now, step=Step())
+    span = now - (previous.at if previous.at - since > stall else since)
     if previous.rate is None or not previous.saturated:  # the first measure of capacity
-        return Drain(rate=started / span, at=now, saturated=True, since=now)
+        return Drain(rate=max(previous.rate or 0.0, started / span), at=now, saturated=True,
+                     since=now)  # replaces a floor (but capacity is at least the floor)
     return _measured(previous.rate, previous.step, started, span, now, half_life_s)
-
-
-def _floor(previous: Drain, started: int, span: float, half_life_s: float) -> float | None:
-    """The rate after `started` starts in `span` seconds that say only that the workers can
-    do at least that many: before any measure of capacity, the most seen (a floor to
-    predict with); after one, a rise by the average only (the most seen is the top of the
-    noise: taken as capacity, a fleet of 40 jobs/s read 64 to 74)."""
-    if not started:
-        return previous.rate
-    if previous.rate is None or not previous.saturated:
-        return max(previous.rate or 0.0, started / span)
-    return max(previous.rate, smooth(previous.rate, started, span, half_life_s))
 
 
 def _measured(rate: float, step: Step, started: int, span: float, now: float,
@@ -197,11 +158,11 @@ def smooth(previous: float | None, count: int, elapsed_s: float,
 
 def predicted_wait(depths: Mapping[str, int], priority: Priority, rate: float | None,
                    arrivals: Mapping[str, float] | None = None,
-                   saturated: bool = True, margin: float = OVERTAKE_MARGIN) -> float:
+                   saturated: bool = True) -> float:
     """Seconds until a job of `priority` submitted now starts: the jobs queued at its
     priority and above (strict order: they all start first), divided by what the drain
     rate leaves once the jobs still arriving at higher priorities (`arrivals`, jobs/s per
-    priority name, with `margin`) have taken their share: those overtake it too.
+    priority name, with `OVERTAKE_MARGIN`) have taken their share: those overtake it too.
     Unknown rate: 0 (no evidence to refuse on); nothing left for it with work ahead:
     infinite. A rate that is only a floor (`saturated` False: measured while idle, so it is
     the arrivals themselves) says how long the work ahead takes at least, not what
@@ -210,7 +171,7 @@ def predicted_wait(depths: Mapping[str, int], priority: Priority, rate: float | 
     if ahead == 0 or rate is None:
         return 0.0
     overtaking = sum((arrivals or {}).get(p.name, 0.0) for p in Priority if p < priority)
-    left = rate - margin * overtaking if saturated else rate
+    left = rate - OVERTAKE_MARGIN * overtaking if saturated else rate
     if left <= 0:
         return math.inf
     return ahead / left

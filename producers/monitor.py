@@ -20,15 +20,7 @@ from dataclasses import dataclass, field
 
 import redis
 
-from producers.deadline import (
-    OVERTAKE_MARGIN,
-    Drain,
-    Step,
-    broken_promise,
-    drain_after,
-    predicted_wait,
-    smooth,
-)
+from producers.deadline import Drain, broken_promise, drain_after, predicted_wait, smooth
 from producers.fairness import WINDOW_S, TenantRates, available_rate, busiest
 from producers.pressure import LevelState, Thresholds, level_for
 from sluice import keys
@@ -52,9 +44,8 @@ MIN_RATE_SPAN_S = 0.25
 #: measuring capacity, and taking the arrivals out of themselves refused NORMAL jobs in a
 #: nearly idle system (CRITICAL probes at 8/s, drained at 8/s: the Flower and console tests)
 OVERLOAD = 1.5
-#: how long the workers must have started, tick after tick, at least as many jobs as were
-#: then queued, for an offer above the drain rate to be met by a probe, not as an overload
-#: (a moment's short queue is not it)
+#: how long the workers must have drained everything that arrived, tick after tick, for an
+#: offer above the drain rate not to count as an overload (a moment's short queue is not it)
 KEEPING_UP_S = 2.0
 
 
@@ -101,10 +92,8 @@ class Snapshot:
     #: jobs/s offered per priority name (admitted or refused by the gate), by every producer
     demand: dict[str, float] = field(default_factory=dict)
     #: for `KEEPING_UP_S`, every tick saw the workers start at least as many jobs since the
-    #: last one as are queued at it: they drain what arrives
+    #: last one as were queued: they drain what arrives, whatever is offered
     keeping_up: bool = False
-    #: jobs started since the previous tick
-    started: int = 0
 
     def available(self, priority: Priority) -> float | None:
         """Jobs/s `priority` can start: the drain less what higher priorities take."""
@@ -129,41 +118,28 @@ class Snapshot:
     def admission(self, priority: Priority, admitted: Mapping[str, int] | None = None,
                   now: float | None = None) -> tuple[float, float | None]:
         """`wait_for` and `breaks_promise` from one view of the queues and rates: what the
-        gate decides each submission on. Under overload the higher priorities overtake at
-        the rate they are offered (`OVERTAKE_MARGIN` more); while the workers keep up
-        despite the offer, at the rate they are admitted, which the workers were seen to
-        drain: a bounded probe, not a free pass."""
+        gate decides each submission on."""
         depths, demand = self._view(admitted, now, self.arrivals | self.demand)
-        overtaking, margin = self._overtaking(demand, admitted)
-        wait = predicted_wait(depths, priority, self.drain.rate, overtaking,
-                              overtaking is not None, margin)
-        critical = (overtaking or {}).get(Priority.CRITICAL.name, 0.0)
+        overloaded = self._overloaded(demand)
+        wait = predicted_wait(depths, priority, self.drain.rate, demand, overloaded)
+        critical = demand.get(Priority.CRITICAL.name, 0.0) if overloaded else 0.0
         at = self.at if now is None else now  # epoch seconds, like the messages' expiry
         left = {q: expires - at for q, expires in self.expires.items()}
-        rate = self.drain.rate if self.drain.saturated else None  # a floor is no measure
-        return wait, broken_promise(depths, priority, rate, left, critical)
+        return wait, broken_promise(depths, priority, self.drain.rate, left, critical)
 
-    def _overtaking(self, demand: Mapping[str, float], admitted: Mapping[str, int] | None
-                    ) -> tuple[Mapping[str, float] | None, float]:
-        """The rates (per priority name) at which jobs of higher priorities will overtake a
-        queued one, and the margin on them; None: not an overload, nothing is taken out.
-        Only when more is offered than drained (`OVERLOAD`) do higher priorities leave a
-        lower one less than the drain rate. The rate may still be a floor (the first second
-        of a burst): offered many times over, it is an overload all the same, and waiting
-        for a measure of capacity let a burst's HIGH jobs in as if CRITICAL took nothing
-        (late) and its NORMAL and LOW jobs as if HIGH took nothing. But while the workers
-        keep up (`keeping_up`, and this process has not sent more since the tick than they
-        started in it), the overtaking is what is admitted, with no margin: taking what is
-        offered had locked NORMAL out as if HIGH took it all behind a rate read low, the
-        workers idled, and the rate, measured from what the gate let through, never showed
-        what they could do (a bench run held 55 of 78 jobs/s for ten seconds); taking
-        nothing would let a flood of NORMAL in to be overtaken."""
+    def _overloaded(self, demand: Mapping[str, float]) -> bool:
+        """More is offered than drained (`OVERLOAD`): only then do higher priorities' rates
+        leave a lower one less than the drain rate. The rate may still be a floor (the
+        first second of a burst): offered many times over, it is an overload all the same,
+        and waiting for a measure of capacity let a burst's HIGH jobs in as if CRITICAL
+        took nothing (late) and its NORMAL and LOW jobs as if HIGH took nothing. But not
+        while the workers keep up (`keeping_up`): a rate read low (a worker's slow first
+        jobs) then locked NORMAL out as if HIGH took it all, the workers idled, and the
+        rate, measured from what the gate let through, never showed what they could do
+        (in a bench run it stayed at 55 of 78 jobs/s for ten seconds)."""
         rate = self.drain.rate
-        if rate is None or sum(demand.values()) <= OVERLOAD * rate:
-            return None, OVERTAKE_MARGIN
-        if self.keeping_up and sum((admitted or {}).values()) <= self.started:
-            return self.arrivals, 1.0
-        return demand, OVERTAKE_MARGIN
+        return (rate is not None and not self.keeping_up
+                and sum(demand.values()) > OVERLOAD * rate)
 
     def _view(self, admitted: Mapping[str, int] | None, now: float | None,
               rates: Mapping[str, float]) -> tuple[Mapping[str, int], Mapping[str, float]]:
@@ -312,15 +288,14 @@ class PressureMonitor:
             self._reconnected_at = now  # Redis stalled (paused, swapping): workers stalled too
         before = self._started
         drain, (arrivals, demand) = self._drain(sample, now), self._rates(sample, now)
-        started = 0 if before is None else max(0, sample.started - before)
-        if before is None or started < depth:
+        if before is None or sample.started - before < depth:
             self._behind_at = now
         with self._lock:
             self._admitted.clear()  # this sample counts them (or they are in flight: ms)
         return self._set(Snapshot(self._state.level, depth, sample.depths, sample.switches, now,
                                   drain, sample.oldest, arrivals, sample.tenants,
                                   sample.expires, demand,
-                                  now - self._behind_at >= KEEPING_UP_S, started))
+                                  now - self._behind_at >= KEEPING_UP_S))
 
     def _outage(self, now: float) -> Snapshot:
         """Redis is unreachable: level UNKNOWN, the last drain and arrivals kept as they were
@@ -338,8 +313,7 @@ class PressureMonitor:
         before, self._started = self._started, sample.started
         last = self.snapshot.drain
         if before is None or sample.started < before:  # no baseline, or Redis lost it
-            return dataclasses.replace(last, at=now, since=now, step=Step(), pending=0,
-                                       dry=False)
+            return dataclasses.replace(last, at=now, since=now)
         # the backlog the workers had at the last tick (after an outage: no baseline, above)
         drain = drain_after(last, sample.started - before, self.snapshot.depth, now)
         if now - self._reconnected_at < RECONNECT_GRACE_S and last.rate is not None:

