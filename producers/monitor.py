@@ -286,8 +286,8 @@ class PressureMonitor:
             self._reconnected_at = now  # workers are reconnecting too: no evidence for a while
         elif time.monotonic() - asked > self.stale_after:
             self._reconnected_at = now  # Redis stalled (paused, swapping): workers stalled too
-        before = self._started
-        drain, (arrivals, demand) = self._drain(sample, now), self._rates(sample, now)
+        before, self._started = self._started, sample.started
+        drain, (arrivals, demand) = self._drain(before, sample, now), self._rates(sample, now)
         if before is None or sample.started - before < depth:
             self._behind_at = now
         with self._lock:
@@ -306,11 +306,11 @@ class PressureMonitor:
         return self._set(Snapshot(PressureLevel.UNKNOWN, at=now, drain=last.drain,
                                   arrivals=last.arrivals, demand=last.demand))
 
-    def _drain(self, sample: Sample, now: float) -> Drain:
-        """The drain rate after this sample. The first sample after an outage only sets the
-        baseline; for `RECONNECT_GRACE_S` after it the rate may rise but not fall, because
-        jobs that do not start while workers reconnect say nothing about capacity."""
-        before, self._started = self._started, sample.started
+    def _drain(self, before: int | None, sample: Sample, now: float) -> Drain:
+        """The drain rate after this sample (`before`: the job-start counter at the last
+        tick). The first sample after an outage only sets the baseline; for
+        `RECONNECT_GRACE_S` after it the rate may rise but not fall, because jobs that do
+        not start while workers reconnect say nothing about capacity."""
         last = self.snapshot.drain
         if before is None or sample.started < before:  # no baseline, or Redis lost it
             return dataclasses.replace(last, at=now, since=now)
