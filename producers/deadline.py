@@ -15,11 +15,12 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from typing import Any
 
 from producers.pressure import Decision, decide
 from sluice.priorities import PressureLevel, Priority
 
-__all__ = ["Drain", "Step", "drain_after", "smooth", "predicted_wait", "broken_promise", "admit",
+__all__ = ["Drain", "Pool", "Step", "drain_after", "smooth", "predicted_wait", "broken_promise", "admit",
            "DEADLINE", "HEADROOM", "OVERTAKE_MARGIN", "PROMISE_MARGIN_S"]
 
 DEADLINE = "DEADLINE"
@@ -43,13 +44,21 @@ PROMISE_MARGIN_S = 1.0
 #: jobs started in it, so with the short queues the gate keeps only the slow ticks
 #: qualified, and the rate was biased low
 MEASURE_BACKLOG = 1.5
+#: a floor, and the first measure of capacity, pool their ticks until they hold this many
+#: starts, or seconds: one or two starts in a tenth of a second read 9 and 18 jobs/s of a
+#: fleet draining 47 (a worker's first jobs on a loaded machine), and the gate refused a
+#: light load as an overload (tests/chaos/test_stall.py). After a first measure, the
+#: average (`half_life_s`) and the step rule weigh the evidence.
+EVIDENCE_STARTS = 10
+EVIDENCE_S = 1.0
 #: a span without a job start while work waited, longer than this and than `STALL_STARTS`
 #: expected starts, is a stall (workers starved of CPU, stopped, reconnecting), not a
 #: measure: read as one, two seconds of it turned a light load into an "overload" and the
 #: gate refused jobs with minutes to spare (tests/chaos/test_stall.py)
 STALL_S = 1.0
 STALL_STARTS = 3.0
-#: a stall longer than this is believed: workers that start nothing for so long may be gone
+#: this long after a span became a stall, its time counts: workers that start nothing for
+#: so long may be gone
 STALL_GRACE_S = 5.0
 #: measures in a row this far off the rate, the same way, over at least `STEP_SPAN_S` and
 #: `STEP_STARTS` starts, are a step in capacity (half the workers lost, or more added): the
@@ -58,6 +67,10 @@ STALL_GRACE_S = 5.0
 STEP = 0.2
 STEP_SPAN_S = 1.0
 STEP_STARTS = 10
+#: between steps, measures are averaged over at least the time this many starts take: at a
+#: few jobs a minute, two seconds' memory is one start, and the rate swung with every gap
+#: (two slots of 30 s jobs, started a second apart, read 0.3 and 0.003 jobs/s in turn)
+AVERAGE_STARTS = 3.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,18 +82,46 @@ class Step:
     seconds: float = 0.0
 
 
+@dataclass(frozen=True, slots=True)
+class Pool:
+    """Starts and seconds gathered until they are evidence (`EVIDENCE_STARTS`)."""
+
+    started: int = 0
+    seconds: float = 0.0
+
+    def add(self, started: int, seconds: float) -> Pool:
+        return Pool(self.started + started, self.seconds + seconds)
+
+    @property
+    def rate(self) -> float | None:
+        """Jobs/s, once there is evidence; None before."""
+        if self.started < EVIDENCE_STARTS and self.seconds < EVIDENCE_S:
+            return None
+        return self.started / self.seconds
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Drain:
     """How fast jobs start: `rate` jobs/s (None until measured), as of `at`. `saturated`:
     the rate was measured with work waiting (capacity), not only as a floor from the starts
     of an idle system (which follow arrivals). `since`: when the span being measured began
-    (ticks with work waiting and no start extend it); `step`: measures in a row off the rate."""
+    (ticks with work waiting and no start extend it); `stalled_at`: when that span became
+    a stall (`STALL_S`); `step`: measures in a row off the rate; `floors`: the ticks that
+    saw starts, pooled for a floor; `pending`: before the first measure, those that
+    measured capacity, pooled for it."""
 
     rate: float | None = None
     at: float | None = None
     saturated: bool = False
     since: float | None = None
+    stalled_at: float | None = None
     step: Step = Step()
+    floors: Pool = Pool()
+    pending: Pool = Pool()
+
+    def restarted(self, now: float, **changes: Any) -> Drain:
+        """This drain with a new span beginning `now` (no stall, no step running across)."""
+        return replace(self, at=now, since=now, stalled_at=None, step=Step(), **changes)
 
 
 def drain_after(previous: Drain, started: int, backlog: int, now: float,
@@ -89,44 +130,81 @@ def drain_after(previous: Drain, started: int, backlog: int, now: float,
     `backlog` jobs were queued at `previous.at`. Only when the backlog was more than what
     started did the queues never run dry, the workers never wait for work, and the starts
     measure capacity; and only when the backlog was ample (`MEASURE_BACKLOG`) does that
-    not select the slow ticks. When the queues ran dry the starts follow arrivals: they can
-    only raise the rate (capacity is at least that), which gives a cold start a floor to
-    predict with. (A tick that merely saw a job waiting at the sample is no evidence of
-    capacity: probes at 8 jobs/s drained as they came read as a capacity of 8 jobs/s; and a
-    gate holding queues short read its own trickle as capacity and shut down a third of
-    it.) The first tick only sets the clock; the rate stays unknown until a first start is
-    seen. The first measure of capacity replaces a floor (never going below it) rather than
-    being averaged with it (a floor of 2 jobs/s from one warm-up job dragged the first
-    seconds of a burst down to a few jobs/s, and the gate refused everyone's jobs).
+    not select the slow ticks. When the queues ran dry the starts follow arrivals: they
+    give a cold start a floor to predict with (capacity is at least that; `_floor`). (A tick that
+    merely saw a job waiting at the sample is no evidence of capacity: probes at 8 jobs/s
+    drained as they came read as a capacity of 8 jobs/s; and a gate holding queues short
+    read its own trickle as capacity and shut down a third of it.) The first tick only
+    sets the clock; the rate stays unknown until a first start is seen. The first measure
+    of capacity waits for evidence (`EVIDENCE_STARTS`), then replaces a floor (never going
+    below it) rather than being averaged with it (a floor of 2 jobs/s from one warm-up job
+    dragged the first seconds of a burst down to a few jobs/s, and the gate refused
+    everyone's jobs).
 
     A tick with work waiting and no start concludes nothing: the next start measures the
-    whole span (long jobs start seconds apart), unless the span is a stall (`STALL_S`):
-    then it measures nothing, and the tick that ends it only its own time, for
-    `STALL_GRACE_S`; after that the time without a start counts (the workers may be gone,
-    and the promises made meanwhile would be broken). A step in capacity is taken at once
-    (`STEP`); between steps the measures are averaged (`half_life_s`)."""
+    whole span (long jobs start seconds apart), unless the span became a stall
+    (`STALL_S`): then the tick that ends it measures nothing either (a catch-up, or a stall
+    that ended mid-tick: neither is capacity) and no step runs across it; from
+    `STALL_GRACE_S` after the span became one, its time counts (the workers may be gone,
+    and the promises made meanwhile would be broken; and a rate far too high for long jobs
+    comes down to them). A step in capacity is taken at once (`STEP`); between steps the
+    measures are averaged (`half_life_s`)."""
     if previous.at is None or now <= previous.at:
-        return replace(previous, at=now, since=now)
+        return previous.restarted(now)
+    tick = now - previous.at
     if backlog <= started:  # the queues ran dry: the starts follow arrivals, a floor
-        rate = previous.rate if not started else max(previous.rate or 0.0,
-                                                     started / (now - previous.at))
-        return replace(previous, rate=rate, at=now, since=now, step=Step())
+        return _floor(previous.restarted(now), started, tick)
     since = previous.at if previous.since is None else previous.since
-    stall = max(STALL_S, STALL_STARTS / previous.rate) if previous.rate else STALL_S
     if not started:  # work waited and nothing started: the span goes on
-        believed = min(now - previous.at, now - since - stall - STALL_GRACE_S)
-        if believed <= 0 or previous.rate is None:
-            return replace(previous, at=now, since=since)
-        return replace(previous, at=now, since=since,  # stopped for good, or gone
-                       rate=smooth(previous.rate, 0, believed, half_life_s))
-    if previous.rate is not None and backlog < MEASURE_BACKLOG * previous.rate * (
-            now - previous.at):  # too short to tell: only slow ticks would qualify
-        return replace(previous, at=now, since=now, step=Step())
-    span = now - (previous.at if previous.at - since > stall else since)
-    if previous.rate is None or not previous.saturated:  # the first measure of capacity
-        return Drain(rate=max(previous.rate or 0.0, started / span), at=now, saturated=True,
-                     since=now)  # replaces a floor (but capacity is at least the floor)
-    return _measured(previous.rate, previous.step, started, span, now, half_life_s)
+        return _waited(previous, since, now, half_life_s)
+    if previous.stalled_at is not None:  # a stall ends: a catch-up, or it ended mid-tick
+        if previous.saturated:
+            return previous.restarted(now)  # neither is capacity
+        since = previous.at  # before a measure, its last tick is pooled like any other
+    if previous.rate is not None and backlog < MEASURE_BACKLOG * previous.rate * tick:
+        return previous.restarted(now)  # too short to tell: only slow ticks would qualify
+    if previous.rate is None or not previous.saturated:
+        return _first_measure(previous, started, now - since, now)
+    return _measured(previous.rate, previous.step, started, now - since, now, half_life_s)
+
+
+def _waited(previous: Drain, since: float, now: float, half_life_s: float) -> Drain:
+    """The drain after a tick in which work waited and nothing started: the span goes on,
+    and becomes a stall after `STALL_S` and `STALL_STARTS` expected starts (none without a
+    rate: `STALL_S`), whose time counts `STALL_GRACE_S` after that."""
+    stalled_at, rate = previous.stalled_at, previous.rate
+    if stalled_at is None:
+        stall = max(STALL_S, STALL_STARTS / rate) if rate else STALL_S
+        stalled_at = since + stall if now - since > stall else None
+    if stalled_at is None:
+        return replace(previous, at=now, since=since)
+    assert previous.at is not None  # a span has begun
+    believed = min(now - previous.at, now - stalled_at - STALL_GRACE_S)
+    if rate is not None and believed > 0:  # stopped for good, or gone
+        rate = smooth(rate, 0, believed, half_life_s)
+    return replace(previous, rate=rate, at=now, since=since, stalled_at=stalled_at,
+                   step=Step())
+
+
+def _floor(drain: Drain, started: int, seconds: float) -> Drain:
+    """`drain` after `started` starts in `seconds` that say the workers can do at least that
+    many: pooled until they are evidence (the top of one tick's noise is not capacity),
+    then a floor under the rate."""
+    floors = drain.floors.add(started, seconds)
+    if floors.rate is None:
+        return replace(drain, floors=floors)
+    return replace(drain, rate=max(drain.rate or 0.0, floors.rate), floors=Pool())
+
+
+def _first_measure(previous: Drain, started: int, span: float, now: float) -> Drain:
+    """The ticks that measured capacity, pooled until they are evidence (meanwhile a
+    floor); then the first rate of capacity, which replaces the floor (but capacity is at
+    least the floor)."""
+    pending = previous.pending.add(started, span)
+    if pending.rate is None:
+        return _floor(previous.restarted(now, pending=pending), started, span)
+    return Drain(rate=max(previous.rate or 0.0, pending.rate), at=now, saturated=True,
+                 since=now)
 
 
 def _measured(rate: float, step: Step, started: int, span: float, now: float,
@@ -141,6 +219,7 @@ def _measured(rate: float, step: Step, started: int, span: float, now: float,
         step = Step(direction, started, span) if direction else Step()
     if step.seconds >= STEP_SPAN_S and step.started >= STEP_STARTS:
         return Drain(rate=step.started / step.seconds, at=now, saturated=True, since=now)
+    half_life_s = max(half_life_s, AVERAGE_STARTS / rate) if rate else half_life_s
     return Drain(rate=smooth(rate, started, span, half_life_s), at=now, saturated=True,
                  since=now, step=step)
 

@@ -313,7 +313,7 @@ class PressureMonitor:
         not start while workers reconnect say nothing about capacity."""
         last = self.snapshot.drain
         if before is None or sample.started < before:  # no baseline, or Redis lost it
-            return dataclasses.replace(last, at=now, since=now)
+            return last.restarted(now)
         # the backlog the workers had at the last tick (after an outage: no baseline, above)
         drain = drain_after(last, sample.started - before, self.snapshot.depth, now)
         if now - self._reconnected_at < RECONNECT_GRACE_S and last.rate is not None:

@@ -164,3 +164,23 @@ def test_workers_that_keep_up_are_not_overloaded_whatever_is_offered(
     behind = tick(8, depth=200)
     assert not behind.keeping_up
     assert behind.wait_for(Priority.NORMAL) == float("inf")
+
+
+def test_the_first_tick_of_a_light_load_is_no_overload(restartable_redis: RedisServer) -> None:
+    """The Redis-pause chaos test under a loaded CI machine: the monitor's first tick with a
+    start saw one job start in 0.1 s and five sent (two CRITICAL), so a "floor" of 10 jobs/s
+    met a "demand" of 46 jobs/s, an overload in which CRITICAL and HIGH took everything,
+    and NORMAL and LOW were refused as never starting. One tick of one start is no
+    evidence of anything: the gate refuses no one on it."""
+    client = redis.Redis(port=restartable_redis.port)
+    monitor = PressureMonitor(client, Thresholds(warning=10**6, critical=2 * 10**6,
+                                                 shed=3 * 10**6))
+    monitor.tick(0.0)
+    client.incrby(keys.STARTED, 1)
+    for name, k in {"CRITICAL": 2, "HIGH": 1, "NORMAL": 1, "LOW": 1}.items():
+        client.hincrby(keys.SUBMISSIONS, f"{name}:accepted", k)
+    client.lpush("normal", b"x")
+    client.lpush("low", b"x")
+    snap = monitor.tick(0.1)
+    assert sum(snap.demand.values()) > 40.0
+    assert snap.wait_for(Priority.NORMAL) < 1.0 and snap.wait_for(Priority.LOW) < 1.0
