@@ -190,6 +190,8 @@ def _floor(drain: Drain, started: int, seconds: float) -> Drain:
     """`drain` after `started` starts in `seconds` that say the workers can do at least that
     many: pooled until they are evidence (the top of one tick's noise is not capacity),
     then a floor under the rate."""
+    if not started:  # idle: nothing to say
+        return drain
     floors = drain.floors.add(started, seconds)
     if floors.rate is None:
         return replace(drain, floors=floors)

@@ -52,6 +52,7 @@ def test_the_drain_follows_the_starts_and_ignores_idle_ticks() -> None:
     assert d.rate == 100.0
     idle = drain_after(d, started=3, backlog=0, now=10.0)  # a trickle, not the capacity
     assert idle.rate == 100.0 and idle.at == 10.0
+    assert _ticks(Drain(at=0.0), [0] * 20, backlog=0)[-1].rate is None  # not even 0 jobs/s
     cold = drain_after(Drain(at=0.0), started=4, backlog=0, now=1.0)  # but at least that
     assert cold.rate == 4.0 and not cold.saturated and d.saturated
     slower = d
