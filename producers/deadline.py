@@ -20,8 +20,8 @@ from typing import Any
 from producers.pressure import Decision, decide
 from sluice.priorities import PressureLevel, Priority
 
-__all__ = ["Drain", "Pool", "Step", "drain_after", "smooth", "predicted_wait", "broken_promise", "admit",
-           "DEADLINE", "HEADROOM", "OVERTAKE_MARGIN", "PROMISE_MARGIN_S"]
+__all__ = ["Drain", "Pool", "Step", "drain_after", "smooth", "predicted_wait", "broken_promise",
+           "admit", "DEADLINE", "HEADROOM", "OVERTAKE_MARGIN", "PROMISE_MARGIN_S"]
 
 DEADLINE = "DEADLINE"
 #: a job is admitted when its predicted wait fits in this fraction of its deadline: the
@@ -131,11 +131,11 @@ def drain_after(previous: Drain, started: int, backlog: int, now: float,
     started did the queues never run dry, the workers never wait for work, and the starts
     measure capacity; and only when the backlog was ample (`MEASURE_BACKLOG`) does that
     not select the slow ticks. When the queues ran dry the starts follow arrivals: they
-    give a cold start a floor to predict with (capacity is at least that; `_floor`). (A tick that
-    merely saw a job waiting at the sample is no evidence of capacity: probes at 8 jobs/s
-    drained as they came read as a capacity of 8 jobs/s; and a gate holding queues short
-    read its own trickle as capacity and shut down a third of it.) The first tick only
-    sets the clock; the rate stays unknown until a first start is seen. The first measure
+    give a cold start a floor to predict with (capacity is at least that; `_floor`). (A
+    tick that merely saw a job waiting at the sample is no evidence of capacity: probes at
+    8 jobs/s drained as they came read as a capacity of 8 jobs/s; and a gate holding queues
+    short read its own trickle as capacity and shut down a third of it.) The first tick
+    only sets the clock; the rate stays unknown until there is evidence. The first measure
     of capacity waits for evidence (`EVIDENCE_STARTS`), then replaces a floor (never going
     below it) rather than being averaged with it (a floor of 2 jobs/s from one warm-up job
     dragged the first seconds of a burst down to a few jobs/s, and the gate refused
@@ -156,7 +156,7 @@ def drain_after(previous: Drain, started: int, backlog: int, now: float,
         return _floor(previous.restarted(now), started, tick)
     since = previous.at if previous.since is None else previous.since
     if not started:  # work waited and nothing started: the span goes on
-        return _waited(previous, since, now, half_life_s)
+        return _waited(previous, since, now, tick, half_life_s)
     if previous.stalled_at is not None:  # a stall ends: a catch-up, or it ended mid-tick
         if previous.saturated:
             return previous.restarted(now)  # neither is capacity
@@ -168,18 +168,18 @@ def drain_after(previous: Drain, started: int, backlog: int, now: float,
     return _measured(previous.rate, previous.step, started, now - since, now, half_life_s)
 
 
-def _waited(previous: Drain, since: float, now: float, half_life_s: float) -> Drain:
+def _waited(previous: Drain, since: float, now: float, tick: float,
+            half_life_s: float) -> Drain:
     """The drain after a tick in which work waited and nothing started: the span goes on,
-    and becomes a stall after `STALL_S` and `STALL_STARTS` expected starts (none without a
-    rate: `STALL_S`), whose time counts `STALL_GRACE_S` after that."""
+    and becomes a stall after `STALL_S` and `STALL_STARTS` expected starts (without a rate,
+    after `STALL_S`), whose time counts `STALL_GRACE_S` after that."""
     stalled_at, rate = previous.stalled_at, previous.rate
     if stalled_at is None:
         stall = max(STALL_S, STALL_STARTS / rate) if rate else STALL_S
         stalled_at = since + stall if now - since > stall else None
     if stalled_at is None:
         return replace(previous, at=now, since=since)
-    assert previous.at is not None  # a span has begun
-    believed = min(now - previous.at, now - stalled_at - STALL_GRACE_S)
+    believed = min(tick, now - stalled_at - STALL_GRACE_S)
     if rate is not None and believed > 0:  # stopped for good, or gone
         rate = smooth(rate, 0, believed, half_life_s)
     return replace(previous, rate=rate, at=now, since=since, stalled_at=stalled_at,
