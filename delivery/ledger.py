@@ -3,10 +3,11 @@
 kombu's Redis transport BRPOPs a message and only then records it in its unacked set; a
 worker that dies between the two (SIGKILL, power loss, the in-flight reply of celery #4354)
 loses that job, and nothing else knows it existed. So every accepted job is also written to
-the ledger, in the same script call as its LPUSH (`delivery.sending`), and a worker forgets it as the job starts (by
-then kombu holds it in unacked, which restores it if the worker dies). The reconcile job
-re-sends a ledger entry that is neither queued, nor reserved, nor started, once it has been
-seen missing twice, `confirm_s` apart: a job in flight is missing only for milliseconds.
+the ledger, in the same script call as its LPUSH (`delivery.sending`), and a worker forgets it
+when the job ends, not when it starts: a job whose worker dies is put back on its queue, and
+that redelivery has the same window. The reconcile job re-sends a ledger entry that is
+neither queued nor reserved (kombu's unacked set holds a running job), once it has been seen
+missing twice, `confirm_s` apart: a job in flight is missing only for milliseconds.
 """
 
 from __future__ import annotations
@@ -31,9 +32,9 @@ log = logging.getLogger("sluice.ledger")
 
 
 def forget(client: redis.Redis, task_ids: Iterable[str], *, started: int = 0) -> None:
-    """The jobs started (or were dropped on purpose): they leave the ledger. One round trip
-    on every job start, which also counts the start (`keys.STARTED`: the gate's drain rate);
-    the time index and the suspects are cleaned by `recover_lost`."""
+    """The jobs ended (or were dropped on purpose): they leave the ledger; and `started`
+    jobs started (`keys.STARTED`: the gate's drain rate). One round trip; the time index and
+    the suspects are cleaned by `recover_lost`."""
     ids = list(task_ids)
     if not ids and not started:
         return

@@ -18,7 +18,7 @@ def test_judge_needs_two_sightings_confirm_apart() -> None:
     assert judge(["b"], present={"b"}, suspects={"b": 1.0}, now=200.0, confirm_s=5).suspects == {}
 
 
-def test_every_accepted_job_is_in_the_ledger_until_it_starts(sluice_env: Env) -> None:
+def test_every_accepted_job_is_in_the_ledger_until_it_ends(sluice_env: Env) -> None:
     receipt = submit("email.send", {"to": "a@b.io", "subject": "s"})
     queue, _, message = sluice_env.client.hget(keys.LEDGER, receipt.task_id).decode().partition(
         "\n")
@@ -27,7 +27,7 @@ def test_every_accepted_job_is_in_the_ledger_until_it_starts(sluice_env: Env) ->
     assert not sluice_env.client.hexists(keys.LEDGER, receipt.task_id)
     at = sluice_env.client.zscore(keys.LEDGER_AT, receipt.task_id)
     soon, later = at + 31, at + 31 + KEEP_STARTED_S
-    assert recover_lost(sluice_env.client, soon) == 0  # started: only its index is left,
+    assert recover_lost(sluice_env.client, soon) == 0  # ended: only its index is left,
     assert sluice_env.client.zscore(keys.LEDGER_AT, receipt.task_id) == at  # kept for a fence
     assert recover_lost(sluice_env.client, later) == 0
     assert sluice_env.client.zscore(keys.LEDGER_AT, receipt.task_id) is None  # then dropped

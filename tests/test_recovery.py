@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 
+from delivery.ledger import recover_lost
 from producers import submit
 from sluice import keys
 from tests.conftest import Env, Processes
@@ -32,6 +33,28 @@ def test_a_killed_workers_job_starts_on_another_worker_within_30_s_once(
     assert first["pid"] != second["pid"]
     assert int(sluice_env.client.hget(keys.RECOVERED, "critical") or 0) == 1
     assert sluice_env.client.llen("critical") == 0  # not queued a second time
+
+
+def test_a_job_lost_in_flight_on_its_redelivery_is_resent(sluice_env: Env,
+                                                          processes: Processes) -> None:
+    """`make chaos` lost a job so: its worker was killed mid-job, the job was put back on
+    its queue, and the worker that BRPOPped it was killed in turn before kombu recorded it
+    (the window the ledger closes). The ledger had let go of the job at its first start, so
+    nothing knew it existed. It keeps a job until it ends."""
+    client = sluice_env.client
+    a = processes.worker(concurrency=1, name="a@test")
+    job = submit("demo.flaky", {"sleep_s": 3}, priority="CRITICAL")
+    wait_for(lambda: _attempts(job.task_id), timeout=20, what="the job running on a")
+    assert client.hexists(keys.LEDGER, job.task_id)  # running: still in the ledger
+    a.kill()
+    # put back and lost in flight: in no queue, in no worker's hands
+    client.delete(keys.KOMBU_UNACKED, keys.KOMBU_UNACKED_INDEX, keys.held("a@test"))
+    now = time.time() + 31  # past the reconcile grace: seen missing, then confirmed
+    assert recover_lost(client, now) == 0 and recover_lost(client, now + 6) == 1
+    processes.worker(concurrency=1, name="b@test")
+    wait_for(lambda: len(_attempts(job.task_id)) == 2, timeout=20, what="the job re-run")
+    wait_for(lambda: not client.hexists(keys.LEDGER, job.task_id), timeout=20,
+             what="the job out of the ledger once it ended")
 
 
 def test_a_killed_workers_reserved_job_is_restored_too(sluice_env: Env,

@@ -150,6 +150,9 @@ class SluiceTask(Task):
         where = get_recorder().record(record)
         log.error("%s %s dead-lettered (%s, %s, %d attempt(s)) -> %s", self.name, task_id,
                   reason, type(exc).__name__, record.attempts, where)
+        from workers.hooks import release  # (hooks imports the tasks built on this module)
+
+        release(task_id, self.name, "dead-lettered")  # kept until now: see `count_start`
 
     def _sealed_copy(self, raw: Any) -> str | None:
         """The payload as it travelled, secrets sealed (JSON), for a replay; a payload sent

@@ -22,7 +22,7 @@ from sluice.connections import redis_client
 from sluice.settings import get_settings
 
 __all__ = ["HookEvent", "TaskDetail", "ResultDetail", "WorkerDetail", "subscribe", "emit",
-           "HOOKS", "forget"]
+           "HOOKS", "forget", "release"]
 
 log = logging.getLogger("sluice.worker")
 
@@ -120,7 +120,7 @@ def count_retry(detail: TaskDetail) -> None:
 @retry(retry=retry_if_exception_type(redis.RedisError), stop=stop_after_attempt(4),
        wait=wait_exponential(multiplier=0.1, max=1.0), reraise=True)
 def forget(task_ids: list[str], started: bool = False) -> None:
-    """Take jobs out of the ledger (and count a start, for the gate's drain rate), retrying
+    """Take jobs out of the ledger (or count a start, for the gate's drain rate), retrying
     a few times: an entry left behind by a failed call is re-sent by the reconcile job, and
     so runs again (or runs after all, if it had been dropped on purpose)."""
     ledger.forget(redis_client(), task_ids, started=len(task_ids) if started else 0)
@@ -134,20 +134,36 @@ def count_expired(detail: TaskDetail) -> None:
 
 
 @subscribe(HookEvent.STARTED)
+def count_start(detail: TaskDetail) -> None:
+    """A job starts: counted for the gate's drain rate. It stays in the ledger until it
+    ends: a job whose worker dies is put back on its queue (kombu's unacked set, Sluice's
+    recovery), and a worker that dies with that redelivery in flight loses it as surely as
+    the first delivery (`make chaos` lost one so, when the ledger let go at the start)."""
+    forget([], started=True)
+
+
+@subscribe(HookEvent.SUCCEEDED)
 @subscribe(HookEvent.EXPIRED)
 @subscribe(HookEvent.REVOKED)
 @subscribe(HookEvent.REJECTED)
 @subscribe(HookEvent.UNKNOWN)
-def leave_ledger(detail: TaskDetail) -> None:
-    """Started: kombu holds the job in its unacked set now, the ledger can let go. Dropped
-    before its start (expired, revoked, refused): it must not be sent again."""
-    if not detail.task_id:
+def leave_ledger(detail: TaskDetail | ResultDetail) -> None:
+    """The job ended (before its ack: a worker that dies between the two leaves a job that
+    is redelivered, as acks_late means), or was dropped before its start (expired, revoked,
+    refused): it must not be sent again."""
+    release(detail.task_id, detail.task_name, detail.event.value)
+
+
+def release(task_id: str, task_name: str, why: str) -> None:
+    """Take one job out of the ledger (it `why`: ended, was dropped, was dead-lettered),
+    logging a failure: an entry left behind is re-sent by the reconcile job."""
+    if not task_id:
         return
     try:
-        forget([detail.task_id], started=detail.event is HookEvent.STARTED)
+        forget([task_id])
     except redis.RedisError:
         log.exception("%s %s (%s) could not leave the ledger: the reconcile job may send "
-                      "it again", detail.task_name, detail.task_id, detail.event)
+                      "it again", task_name, task_id, why)
 
 
 @subscribe(HookEvent.STARTED)
