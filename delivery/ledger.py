@@ -31,19 +31,12 @@ __all__ = ["forget", "LostVerdict", "judge", "recover_lost", "survey", "resend",
 log = logging.getLogger("sluice.ledger")
 
 
-def forget(client: redis.Redis, task_ids: Iterable[str], *, started: int = 0) -> None:
-    """The jobs ended (or were dropped on purpose): they leave the ledger; and `started`
-    jobs started (`keys.STARTED`: the gate's drain rate). One round trip; the time index and
-    the suspects are cleaned by `recover_lost`."""
+def forget(client: redis.Redis, task_ids: Iterable[str]) -> None:
+    """The jobs ended (or were dropped on purpose): they leave the ledger. The time index
+    and the suspects are cleaned by `recover_lost`."""
     ids = list(task_ids)
-    if not ids and not started:
-        return
-    pipe = client.pipeline(transaction=False)
     if ids:
-        pipe.hdel(keys.LEDGER, *ids)
-    if started:
-        pipe.incrby(keys.STARTED, started)
-    pipe.execute()
+        client.hdel(keys.LEDGER, *ids)
 
 
 @dataclass(frozen=True, slots=True)

@@ -74,15 +74,6 @@ AVERAGE_STARTS = 3.0
 
 
 @dataclass(frozen=True, slots=True)
-class Step:
-    """Consecutive measures off the rate the same way (`direction` -1 or +1; 0: none)."""
-
-    direction: int = 0
-    started: int = 0
-    seconds: float = 0.0
-
-
-@dataclass(frozen=True, slots=True)
 class Pool:
     """Starts and seconds gathered until they are evidence (`EVIDENCE_STARTS`)."""
 
@@ -98,6 +89,15 @@ class Pool:
         if self.started < EVIDENCE_STARTS and self.seconds < EVIDENCE_S:
             return None
         return self.started / self.seconds
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """Consecutive measures off the rate the same way (`direction` -1 or +1; 0: none), and
+    the starts and seconds they hold."""
+
+    direction: int = 0
+    span: Pool = Pool()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -215,12 +215,14 @@ def _measured(rate: float, step: Step, started: int, span: float, now: float,
     measures in a row off the rate make one (`STEP`), else the smoothed average."""
     sample = started / span
     direction = -1 if sample < (1 - STEP) * rate else 1 if sample > (1 + STEP) * rate else 0
-    if direction and direction == step.direction:
-        step = Step(direction, step.started + started, step.seconds + span)
+    if not direction:
+        step = Step()
     else:
-        step = Step(direction, started, span) if direction else Step()
-    if step.seconds >= STEP_SPAN_S and step.started >= STEP_STARTS:
-        return Drain(rate=step.started / step.seconds, at=now, saturated=True, since=now)
+        step = Step(direction, (step.span if direction == step.direction else Pool()).add(
+            started, span))
+    if step.span.seconds >= STEP_SPAN_S and step.span.started >= STEP_STARTS:
+        return Drain(rate=step.span.started / step.span.seconds, at=now, saturated=True,
+                     since=now)
     half_life_s = max(half_life_s, AVERAGE_STARTS / rate) if rate else half_life_s
     return Drain(rate=smooth(rate, started, span, half_life_s), at=now, saturated=True,
                  since=now, step=step)

@@ -119,11 +119,11 @@ def count_retry(detail: TaskDetail) -> None:
 
 @retry(retry=retry_if_exception_type(redis.RedisError), stop=stop_after_attempt(4),
        wait=wait_exponential(multiplier=0.1, max=1.0), reraise=True)
-def forget(task_ids: list[str], started: int = 0) -> None:
-    """Take jobs out of the ledger (and count `started` job starts, for the gate's drain
-    rate), retrying a few times: an entry left behind by a failed call is re-sent by the
-    reconcile job, and so runs again (or runs after all, if it had been dropped on purpose)."""
-    ledger.forget(redis_client(), task_ids, started=started)
+def forget(task_ids: list[str]) -> None:
+    """Take jobs out of the ledger, retrying a few times: an entry left behind by a failed
+    call is re-sent by the reconcile job, and so runs again (or runs after all, if it had
+    been dropped on purpose)."""
+    ledger.forget(redis_client(), task_ids)
 
 
 @subscribe(HookEvent.EXPIRED)
@@ -139,7 +139,7 @@ def count_start(detail: TaskDetail) -> None:
     ends: a job whose worker dies is put back on its queue (kombu's unacked set, Sluice's
     recovery), and a worker that dies with that redelivery in flight loses it as surely as
     the first delivery (`make chaos` lost one so, when the ledger let go at the start)."""
-    forget([], started=1)
+    redis_client().incr(keys.STARTED)
 
 
 @subscribe(HookEvent.SUCCEEDED)
